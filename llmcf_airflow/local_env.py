@@ -1,0 +1,81 @@
+"""Environment of a local Airflow (SQLite or PostgreSQL, LocalExecutor) for the demo and tests.
+
+Secrets (JWT secret, admin password) are generated into the Airflow home on first use, never
+written in code or config files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+from llmcf_core.config import REPO_ROOT
+
+DAGS_FOLDER = REPO_ROOT / "dags"
+ADMIN_USER = "admin"
+
+
+def _secret_file(home: Path, name: str, make) -> str:
+    path = home / name
+    if not path.is_file():
+        path.write_text(make(), encoding="utf-8")
+        path.chmod(0o600)
+    return path.read_text(encoding="utf-8").strip()
+
+
+def admin_password(home: Path) -> str:
+    passwords = home / "simple_auth_manager_passwords.json"
+    if not passwords.is_file():
+        passwords.write_text(json.dumps({ADMIN_USER: secrets.token_urlsafe(12)}), encoding="utf-8")
+        passwords.chmod(0o600)
+    return json.loads(passwords.read_text(encoding="utf-8"))[ADMIN_USER]
+
+
+def airflow_env(
+    home: Path,
+    *,
+    db_url: str | None = None,
+    api_port: int = 8080,
+    parallelism: int = 2,
+    paused_at_creation: bool = True,
+    ray_dashboard_url: str | None = None,
+) -> dict[str, str]:
+    """Variables for a local Airflow rooted at ``home`` (created if missing)."""
+    home = Path(home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    admin_password(home)
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": str(paused_at_creation),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "simple_auth_manager_passwords.json"),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(api_port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+        "AIRFLOW__API_AUTH__JWT_SECRET": _secret_file(home, ".jwt_secret", lambda: secrets.token_hex(48)),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url or f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    if ray_dashboard_url:
+        env["RAY_ADDRESS"] = ray_dashboard_url
+    return env
+
+
+def airflow_cli(
+    args: list[str], env: dict[str, str], check: bool = True, **kw
+) -> subprocess.CompletedProcess:
+    """Run ``airflow <args>`` with this interpreter's Airflow and the given environment."""
+    airflow_bin = Path(sys.executable).with_name("airflow")
+    return subprocess.run([str(airflow_bin), *args], env={**os.environ, **env}, check=check, **kw)

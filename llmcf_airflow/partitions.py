@@ -1,0 +1,42 @@
+"""Which day partition a DAG run processes, and the cheap post-publish check tasks run.
+
+Kept free of heavy imports: DAG files import this module at parse time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from llmcf_core.paths import InvalidArgument, parse_partition
+
+
+def partition_for_run(params: dict[str, Any], logical_date: dt.datetime | None) -> str:
+    """The run's partition: the ``partition`` param if given, else the run's logical date.
+
+    Scheduled and backfill runs of a daily ``CronDataIntervalTimetable`` have
+    ``logical_date == data_interval_start``, the day they cover. A manual run without a logical
+    date must name its partition.
+    """
+    explicit = (params.get("partition") or "").strip()
+    if explicit:
+        return parse_partition(explicit).isoformat()
+    if logical_date is None:
+        raise InvalidArgument(
+            "this run has no logical date: trigger it with the 'partition' param (YYYY-MM-DD)"
+        )
+    return logical_date.astimezone(dt.UTC).date().isoformat()
+
+
+def verify_published(manifest: dict[str, Any] | None, where: str, partition: str) -> dict[str, Any]:
+    """A published partition must carry a manifest whose recorded checks passed."""
+    if manifest is None:
+        raise InvalidArgument(f"{where} is not published for partition {partition} (no _SUCCESS manifest)")
+    if manifest.get("partition") not in (None, partition):
+        raise InvalidArgument(
+            f"{where} manifest is for partition {manifest.get('partition')}, not {partition}"
+        )
+    checks = manifest.get("checks") or {}
+    if checks and checks.get("success") is False:
+        raise InvalidArgument(f"{where} was published with a failed check: {checks}")
+    return {"partition": partition, "rows": manifest.get("rows"), "sha256": manifest.get("sha256")}

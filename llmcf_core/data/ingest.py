@@ -1,0 +1,201 @@
+"""Ingest one day partition: raw logs -> checked items and samples, published atomically.
+
+Order of work: load -> check items -> check the partition's raw interactions -> build samples ->
+check samples -> publish items and samples. Any failed check quarantines the failing rows under
+``<dataset>/quarantine/<artifact>/dt=.../`` and publishes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from llmcf_core import quality, storage
+from llmcf_core.config import DatasetConfig, Settings
+from llmcf_core.data import items as items_mod
+from llmcf_core.data import samples as samples_mod
+from llmcf_core.data.sources import RawSource, load_interactions, load_items, resolve_source
+from llmcf_core.paths import DataPaths, InvalidArgument, utc_day
+
+log = logging.getLogger(__name__)
+
+# Bump when the staged layout or the loaders change, so old caches are not reused.
+_STAGING_VERSION = "1"
+
+
+@dataclass
+class IngestResult:
+    dataset: str
+    partition: str
+    samples_path: Path
+    rows: int
+    changed: bool
+    split: str
+    checks: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "partition": self.partition,
+            "samples_path": str(self.samples_path),
+            "rows": self.rows,
+            "changed": self.changed,
+            "split": self.split,
+            "checks": self.checks,
+        }
+
+
+def dataset_config(
+    settings: Settings, dataset: str, interactions: str | None, items: str | None
+) -> DatasetConfig:
+    """The configured dataset, or an ad-hoc custom one when the user passes their own files."""
+    if dataset in settings.datasets:
+        cfg = settings.datasets[dataset]
+        if interactions or items:
+            cfg = cfg.model_copy(update={"source": "custom", "interactions": interactions, "items": items})
+        return cfg
+    if interactions and items:
+        return DatasetConfig(source="custom", interactions=interactions, items=items)
+    known = ", ".join(sorted(settings.datasets))
+    raise InvalidArgument(
+        f"unknown dataset {dataset!r}: configured datasets are {known}; "
+        "pass --interactions and --items to ingest your own"
+    )
+
+
+def _staged_frames(paths: DataPaths, src: RawSource) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Typed sources are parsed once and cached as Parquet keyed by the input files' identity."""
+    if src.kind == "custom":
+        items = load_items(src)
+        return items, load_interactions(src, items)
+    key = hashlib.sha256("|".join([_STAGING_VERSION, *src.fingerprint_parts()]).encode()).hexdigest()[:16]
+    folder = paths.staging / f"raw-{key}"
+    inter_file, items_file = folder / "interactions.parquet", folder / "items.parquet"
+    if inter_file.is_file() and items_file.is_file():
+        return pd.read_parquet(items_file), pd.read_parquet(inter_file)
+    items = load_items(src)
+    inter = load_interactions(src, items)
+    items = items.drop(columns=[c for c in items.columns if c.startswith("_")])
+    tmp = folder.with_name(f".{folder.name}.tmp-{key}-{id(inter)}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    items.to_parquet(tmp / "items.parquet", index=False)
+    inter.to_parquet(tmp / "interactions.parquet", index=False)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another run staged the same inputs first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return items, inter
+
+
+def _day_range(interactions: pd.DataFrame) -> tuple[dt.date, dt.date] | None:
+    ts = pd.to_numeric(interactions["timestamp"], errors="coerce").dropna()
+    if ts.empty:
+        return None
+    return utc_day(int(ts.min())), utc_day(int(ts.max()))
+
+
+def _to_arrow_lenient(df: pd.DataFrame) -> pa.Table:
+    """Quarantined rows may hold anything the user wrote; fall back to text columns."""
+    df = df.reset_index(drop=True)
+    try:
+        return pa.Table.from_pandas(df, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+        return pa.Table.from_pandas(df.astype(str), preserve_index=False)
+
+
+def _fail(
+    paths: DataPaths, artifact: str, day: dt.date, df: pd.DataFrame, report: quality.CheckReport, limit: int
+) -> None:
+    rows = quality.failing_rows(df, report).head(limit)
+    folder = paths.quarantine(artifact, day)
+    storage.write_quarantine(_to_arrow_lenient(rows), folder, report.to_dict())
+    log.error("quarantined %d %s rows at %s", len(rows), artifact, folder)
+    raise quality.DataCheckFailed(report)
+
+
+def ingest_partition(
+    settings: Settings,
+    dataset: str,
+    day: dt.date,
+    *,
+    interactions: str | None = None,
+    items: str | None = None,
+) -> IngestResult:
+    """Build, check and publish the samples of ``day`` (and the dataset's items table)."""
+    paths = DataPaths(settings.home, dataset)
+    cfg = dataset_config(settings, dataset, interactions, items)
+    src = resolve_source(cfg, interactions, items)
+    items_raw, inter_raw = _staged_frames(paths, src)
+    limit = settings.quality.quarantine_max_rows
+    partition = day.isoformat()
+
+    bounds = _day_range(inter_raw)
+    if bounds is None:
+        raise InvalidArgument(f"dataset {dataset!r} has no interactions with a usable timestamp")
+    if not bounds[0] <= day <= bounds[1]:
+        raise InvalidArgument(
+            f"partition {partition} is outside dataset {dataset!r}'s range {bounds[0]} .. {bounds[1]}"
+        )
+
+    items_df = items_mod.render_items(items_raw)
+    items_report = quality.check_items(items_df, dataset=dataset)
+    if not items_report.success:
+        _fail(paths, "items", day, items_df, items_report, limit)
+    known = set(items_df["item_id"].dropna().astype("int64").tolist())
+
+    scope = inter_raw[samples_mod.rows_for_partition(inter_raw, day)]
+    inter_report = quality.check_interactions(scope, dataset=dataset, partition=day, known_item_ids=known)
+    if not inter_report.success:
+        _fail(paths, "interactions", day, scope, inter_report, limit)
+
+    table = samples_mod.build_samples(
+        inter_raw,
+        day,
+        history_len=cfg.history_len,
+        positive_rating=cfg.positive_rating,
+        valid_start=cfg.valid_start,
+        test_start=cfg.test_start,
+    )
+    samples_df = table.to_pandas()
+    samples_report = quality.check_samples(
+        samples_df,
+        dataset=dataset,
+        partition=day,
+        known_item_ids=known,
+        history_len=cfg.history_len,
+        min_rows=cfg.min_rows_per_partition,
+        positive_rating=cfg.positive_rating,
+    )
+    if not samples_report.success:
+        _fail(paths, "samples", day, samples_df, samples_report, limit)
+
+    storage.publish_table(items_mod.items_to_arrow(items_df), paths.items, {"dataset": dataset})
+    published = storage.publish_table(
+        table,
+        paths.samples(day),
+        {"dataset": dataset, "partition": partition, "source": src.kind, "checks": samples_report.to_dict()},
+    )
+    for artifact in ("items", "interactions", "samples"):  # a clean run clears stale quarantine
+        shutil.rmtree(paths.quarantine(artifact, day), ignore_errors=True)
+    split = samples_mod.split_of(day, cfg.valid_start, cfg.test_start)
+    return IngestResult(
+        dataset=dataset,
+        partition=partition,
+        samples_path=published.path,
+        rows=published.rows,
+        changed=published.changed,
+        split=split,
+        checks={
+            "items": items_report.success,
+            "interactions": inter_report.success,
+            "samples": samples_report.success,
+        },
+    )

