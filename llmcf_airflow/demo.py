@@ -13,13 +13,18 @@ import argparse
 import datetime as dt
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from llmcf_airflow.local_env import ADMIN_USER, admin_password, airflow_cli, airflow_env
+from llmcf_airflow.local_env import (
+    ADMIN_USER,
+    admin_password,
+    airflow_cli,
+    airflow_env,
+    start_standalone,
+    stop_standalone,
+)
 from llmcf_core import localray, storage
 from llmcf_core.config import REPO_ROOT, load_config
 from llmcf_core.paths import DataPaths
@@ -121,21 +126,14 @@ def run_ui() -> int:
     env = airflow_env(home, ray_dashboard_url=ray.dashboard_url)
     print(f"Airflow UI: http://127.0.0.1:8080  user {ADMIN_USER}  password {admin_password(home)}")
     print(f"Ray dashboard: {ray.dashboard_url}. Ctrl-C stops both.")
-    airflow_bin = Path(sys.executable).with_name("airflow")
-    proc = subprocess.Popen(
-        [str(airflow_bin), "standalone"], env={**os.environ, **env}, start_new_session=True
-    )
+    proc = start_standalone(env, home / "standalone.log")
+    print(f"Logs: {home / 'standalone.log'}")
     try:
         return proc.wait()
     except KeyboardInterrupt:
         return 0
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_standalone(proc)
         if ray.started:
             localray.stop_head(ray)
 

@@ -6,6 +6,7 @@ written in code or config files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -79,3 +80,55 @@ def airflow_cli(
     """Run ``airflow <args>`` with this interpreter's Airflow and the given environment."""
     airflow_bin = Path(sys.executable).with_name("airflow")
     return subprocess.run([str(airflow_bin), *args], env={**os.environ, **env}, check=check, **kw)
+
+
+def start_standalone(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """`airflow standalone` (api-server, scheduler, dag-processor, triggerer) in its own session,
+    so that ``stop_standalone`` can end every process it started."""
+    airflow_bin = Path(sys.executable).with_name("airflow")
+    log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+    # standalone starts its components as `airflow ...` from PATH: put this venv first.
+    path = os.pathsep.join([str(airflow_bin.parent), os.environ.get("PATH", "")])
+    return subprocess.Popen(
+        [str(airflow_bin), "standalone"],
+        env={**os.environ, **env, "PATH": path},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop_standalone(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM the whole process group, then SIGKILL what is left."""
+    import signal
+
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # stragglers of the group
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_for_api(base_url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"airflow standalone exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base_url}/api/v2/monitor/health", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(2)
+    raise TimeoutError(f"Airflow API at {base_url} not healthy after {timeout:.0f}s")

