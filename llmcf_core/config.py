@@ -200,6 +200,7 @@ class RecgenConfig(_Strict):
     bf16: bool = False  # forced on for GPUs
     micro_batch_size: int = Field(4, ge=1)  # per worker
     grad_accum: int = Field(4, ge=1)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     lr: float = Field(2e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
@@ -274,6 +275,9 @@ class Settings(_Strict):
 
 def _resolve_home(raw: str | None) -> Path:
     value = os.environ.get("LLMCF_HOME") or raw or str(REPO_ROOT / ".llmcf")
+    if "://" in value:
+        # Fail loudly rather than write to a local folder named "s3:"; see docs/deploy.md.
+        raise ValueError(f"LLMCF_HOME={value!r}: object-store data roots are not supported yet")
     return Path(value).expanduser().resolve()
 
 

@@ -1,0 +1,75 @@
+"""Job: compare variants of each backbone over seeds -> docs/results/<dataset>.md, .png and .json.
+
+    python -m jobs.experiment --dataset ml-100k --models DIN,DeepFM,SASRec --variants base,llmcf --seeds 3
+    python -m jobs.experiment --dataset ml-100k --models DIN --variants base,llmcf,llmcf_wocot,llmcf_mean \
+        --seeds 5 --workers 0 --until 1998-04-22
+
+Every run is ``jobs.train_rec``'s training (model folders under ``models/rec/``); runs that
+already exist for the same inputs and settings are reused, so an interrupted experiment picks up
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from jobs._cli import run_job
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.experiment", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--models", default="DIN,DeepFM,SASRec", help="comma-separated backbones")
+    parser.add_argument("--variants", default="base,llmcf", help="comma-separated; base is the reference")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    parser.add_argument("--until", help="last day (YYYY-MM-DD) of data; default: every published day")
+    parser.add_argument("--partition", help="alias of --until")
+    parser.add_argument("--embedder")
+    parser.add_argument("--workers", type=int, help="Ray Train workers per run (0 = in-process)")
+    parser.add_argument("--max-epochs", type=int)
+    parser.add_argument("--out", help="output folder (default docs/results in the checkout)")
+    parser.add_argument("--profile")
+    args = parser.parse_args(argv)
+
+    def body() -> dict:
+        from llmcf_core.config import REPO_ROOT, load_config
+        from llmcf_core.paths import InvalidArgument, check_dataset_name, parse_partition
+        from llmcf_core.rec.backbones import model_class
+        from llmcf_core.rec.experiment import run_experiment
+        from llmcf_core.rec.spec import VARIANTS
+
+        models = [m for m in args.models.split(",") if m]
+        variants = [v for v in args.variants.split(",") if v]
+        for m in models:
+            try:
+                model_class(m)
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from None
+        unknown = sorted(set(variants) - set(VARIANTS))
+        if unknown or not variants:
+            raise InvalidArgument(f"unknown variants {unknown}: use {', '.join(VARIANTS)}")
+        if args.seeds < 1:
+            raise InvalidArgument("--seeds must be >= 1")
+        day = args.until or args.partition
+        report = run_experiment(
+            load_config(args.profile),
+            check_dataset_name(args.dataset),
+            models,
+            variants,
+            args.seeds,
+            out_dir=Path(args.out) if args.out else REPO_ROOT / "docs" / "results",
+            until=parse_partition(day) if day else None,
+            embedder=args.embedder,
+            workers=args.workers,
+            max_epochs=args.max_epochs,
+            command=["python", "-m", "jobs.experiment", *(argv if argv is not None else sys.argv[1:])],
+        )
+        return report.to_dict()
+
+    return run_job("experiment", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Backbones by name (RecBole style: one class per file, a shared interface, a registry).
+
+from llmcf_core.rec.backbones import build_model, MODELS
+model = build_model("DIN", spec, hp, variant="llmcf")
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmcf_core.rec.backbones.autoint import AutoInt
+from llmcf_core.rec.backbones.base import Batch, LossTerms, RankingModel, RecModel, SequentialModel
+from llmcf_core.rec.backbones.dcn import DCN
+from llmcf_core.rec.backbones.dcnv2 import DCNv2
+from llmcf_core.rec.backbones.deepfm import DeepFM
+from llmcf_core.rec.backbones.din import DIN
+from llmcf_core.rec.backbones.gru4rec import GRU4Rec
+from llmcf_core.rec.backbones.sasrec import SASRec
+from llmcf_core.rec.backbones.xdeepfm import xDeepFM
+from llmcf_core.rec.spec import DataSpec, HParams
+
+MODELS: dict[str, type[RecModel]] = {
+    cls.__name__: cls for cls in (DIN, DeepFM, DCNv2, AutoInt, xDeepFM, DCN, SASRec, GRU4Rec)
+}
+
+__all__ = [
+    "MODELS",
+    "Batch",
+    "LossTerms",
+    "RankingModel",
+    "RecModel",
+    "SequentialModel",
+    "build_model",
+    "model_class",
+]
+
+
+def model_class(name: str) -> type[RecModel]:
+    """The backbone class called ``name`` (case-insensitive); ValueError listing the known ones."""
+    for key, cls in MODELS.items():
+        if key.lower() == str(name).lower():
+            return cls
+    raise ValueError(f"unknown model {name!r}: use one of {', '.join(MODELS)}")
+
+
+def build_model(name: str, spec: DataSpec, hp: HParams, variant: str) -> RecModel:
+    """A freshly initialised backbone (RecBole's init: Xavier-normal weights, zero biases)."""
+    model = model_class(name)(spec, hp, variant)
+    model.apply(_init_weights)
+    return model
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Embedding):
+        nn.init.xavier_normal_(module.weight)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.Linear):
+        nn.init.xavier_normal_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

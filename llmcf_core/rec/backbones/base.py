@@ -1,0 +1,200 @@
+"""The interface every backbone shares (RecBole style) and the two task families.
+
+- ``forward(batch)`` == ``calculate_loss(batch)`` -> ``LossTerms`` (total, task, recon). Training
+  calls the module itself so that DistributedDataParallel's hooks run.
+- ``predict(batch)`` -> (B,) scores of the batch's (user, item) pairs: probabilities for ranking
+  backbones, dot products for sequential ones.
+- sequential backbones add ``full_sort_predict(batch)`` -> (B, n_items), column j = item index j+1.
+
+A batch is a dict of tensors built by ``llmcf_core.rec.dataset.RecTables.batch``:
+
+    user (B,)  item (B,)  hist (B, L)  label (B,) float
+    nb_user (B, K)  nb_item (B, K)  nb_hist (B, K, L)  nb_label (B, K)  nb_mask (B, K) bool
+    nb_cot (B, K, D)  nb_cot_mask (B, K) bool       (only for the llmcf* variants)
+    nb_tokens (B, K, P, C)                          (optional: precomputed example tokens, online)
+
+The ``variant`` switch adds the in-context module (``llmcf_core.rec.ict``): ranking backbones
+concatenate its output to their feature vector, sequential ones add ``seq_fusion_weight`` times it
+to the user vector. ``base`` is the backbone alone.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmcf_core.rec.fields import RankingFieldEmbeddings, RankingFields, SequentialFields
+from llmcf_core.rec.ict import InContextModule, ict_config_for
+from llmcf_core.rec.spec import VARIANTS, DataSpec, HParams
+
+Batch = dict[str, torch.Tensor]
+
+
+class LossTerms(NamedTuple):
+    total: torch.Tensor
+    task: torch.Tensor
+    recon: torch.Tensor  # 0 when the variant has no reconstruction
+
+
+def mlp(d_in: int, dims: tuple[int, ...]) -> nn.Sequential:
+    """ReLU MLP [d_in -> dims...] (the paper's [200, 80]); the output layer is the caller's."""
+    layers: list[nn.Module] = []
+    for d in dims:
+        layers += [nn.Linear(d_in, d), nn.ReLU()]
+        d_in = d
+    return nn.Sequential(*layers)
+
+
+class RecModel(nn.Module):
+    task: ClassVar[str]
+
+    def __init__(self, spec: DataSpec, hp: HParams, variant: str) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}: use one of {', '.join(VARIANTS)}")
+        self.spec_sizes = spec.sizes()
+        self.hp = hp
+        self.variant = variant
+        self.ict: InContextModule | None = None
+
+    def calculate_loss(self, batch: Batch) -> LossTerms:
+        return self(batch)
+
+    def predict(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def example_tokens(self, batch: Batch) -> torch.Tensor:
+        """(B, K, P, C) ICT tokens of the batch's retrieved examples."""
+        raise NotImplementedError
+
+    def _in_context(self, batch: Batch, query_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ICT output (B, C) and reconstruction loss (scalar, 0 when not applicable)."""
+        assert self.ict is not None
+        tokens = batch["nb_tokens"] if "nb_tokens" in batch else self.example_tokens(batch)
+        train_recon = self.training and "nb_cot" in batch
+        out, recon = self.ict(
+            query_feat,
+            tokens,
+            batch["nb_mask"],
+            batch.get("nb_cot") if train_recon else None,
+            batch.get("nb_cot_mask"),
+        )
+        return out, (recon if recon is not None else query_feat.new_zeros(()))
+
+
+class RankingModel(RecModel):
+    """CTR backbones: BCE on the label; the ICT output joins the backbone's feature vector."""
+
+    task = "ranking"
+
+    def __init__(self, spec: DataSpec, hp: HParams, variant: str) -> None:
+        super().__init__(spec, hp, variant)
+        self.fields = RankingFields(spec, hp.embedding_dim)
+        cfg = ict_config_for(
+            variant,
+            feature_dim=self.fields.feature_dim,
+            cot_dim=spec.text_dim,
+            width=hp.ict_width_ranking,
+            layers=hp.ict_layers,
+            heads=hp.ict_heads,
+        )
+        self.ict = InContextModule(cfg) if cfg is not None else None
+        self.ict_dim = cfg.width if cfg is not None else 0
+        self.n_fields = self.fields.feature_dim // hp.embedding_dim
+
+    def score(self, f: RankingFieldEmbeddings, ict_out: torch.Tensor | None) -> torch.Tensor:
+        """Logits (B,) from the field embeddings and the ICT output (B, C) or None."""
+        raise NotImplementedError
+
+    def example_tokens(self, batch: Batch) -> torch.Tensor:
+        assert self.ict is not None
+        ex_feat = self.fields.features(batch["nb_user"], batch["nb_item"], batch["nb_hist"])  # (B, K, F)
+        return self.ict.example_tokens(ex_feat, batch.get("nb_cot"), batch["nb_label"])
+
+    def logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.fields(batch["user"], batch["item"], batch["hist"])
+        if self.ict is None:
+            return self.score(f, None), f.stack.new_zeros(())
+        ict_out, recon = self._in_context(batch, f.flat)  # (B, C), ()
+        return self.score(f, ict_out), recon
+
+    def forward(self, batch: Batch) -> LossTerms:
+        logit, recon = self.logits(batch)
+        task = F.binary_cross_entropy_with_logits(logit, batch["label"].float())
+        return LossTerms(task + self.hp.alpha_ranking * recon, task, recon)
+
+    def predict(self, batch: Batch) -> torch.Tensor:
+        return torch.sigmoid(self.logits(batch)[0])
+
+
+def with_ict(x: torch.Tensor, ict_out: torch.Tensor | None) -> torch.Tensor:
+    """Concatenate the ICT output (B, C) to a feature vector (B, d) when there is one."""
+    return x if ict_out is None else torch.cat((x, ict_out), dim=-1)
+
+
+class SequentialModel(RecModel):
+    """Next-item backbones: sampled softmax over the target and ``n_negatives`` uniform items."""
+
+    task = "sequential"
+
+    def __init__(self, spec: DataSpec, hp: HParams, variant: str) -> None:
+        super().__init__(spec, hp, variant)
+        self.hidden = hp.seq_hidden
+        self.fields = SequentialFields(spec, hp.seq_hidden, with_text=variant != "base")
+        cfg = ict_config_for(
+            variant,
+            feature_dim=self.fields.feature_dim,
+            cot_dim=spec.text_dim,
+            width=hp.ict_width_sequential,
+            layers=hp.ict_layers,
+            heads=hp.ict_heads,
+        )
+        if cfg is not None and cfg.width != hp.seq_hidden:
+            raise ValueError("the sequential ICT width must equal seq_hidden (its output is added)")
+        self.ict = InContextModule(cfg) if cfg is not None else None
+        self.n_items = spec.n_items
+
+    @property
+    def item_emb(self) -> nn.Embedding:
+        return self.fields.item
+
+    def encode(self, hist: torch.Tensor) -> torch.Tensor:
+        """User vector (B, H) from the history (B, L) (right-padded with 0, oldest first)."""
+        raise NotImplementedError
+
+    def example_tokens(self, batch: Batch) -> torch.Tensor:
+        assert self.ict is not None
+        ex_feat = self.fields.features(batch["nb_hist"], batch["nb_item"])  # (B, K, 4H)
+        return self.ict.example_tokens(ex_feat, batch.get("nb_cot"), batch["nb_label"])
+
+    def user_vector(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        u = self.encode(batch["hist"])  # (B, H)
+        if self.ict is None:
+            return u, u.new_zeros(())
+        query = self.fields.features(batch["hist"], None)  # (B, 4H): the target is what we predict
+        ict_out, recon = self._in_context(batch, query)  # (B, H), ()
+        return u + self.hp.seq_fusion_weight * ict_out, recon
+
+    def forward(self, batch: Batch) -> LossTerms:
+        u, recon = self.user_vector(batch)  # (B, H)
+        target = batch["item"]  # (B,)
+        neg = torch.randint(1, self.n_items + 1, (self.hp.n_negatives,), device=u.device)  # (N,)
+        pos_logit = (u * self.item_emb(target)).sum(-1, keepdim=True)  # (B, 1)
+        neg_logit = u @ self.item_emb(neg).T  # (B, N)
+        neg_logit = neg_logit.masked_fill(
+            neg[None, :] == target[:, None], float("-inf")
+        )  # no false negatives
+        logits = torch.cat((pos_logit, neg_logit), dim=1)  # (B, 1 + N): the target is class 0
+        task = F.cross_entropy(logits, torch.zeros_like(target))
+        return LossTerms(task + self.hp.alpha_sequential * recon, task, recon)
+
+    def predict(self, batch: Batch) -> torch.Tensor:
+        u, _ = self.user_vector(batch)
+        return (u * self.item_emb(batch["item"])).sum(-1)  # (B,)
+
+    def full_sort_predict(self, batch: Batch) -> torch.Tensor:
+        u, _ = self.user_vector(batch)
+        return u @ self.item_emb.weight[1:].T  # (B, n_items)

@@ -1,0 +1,115 @@
+"""Field embeddings of a sample, shared by the backbones and the ICT's feature tokens.
+
+Ranking fields (each E wide): user, item, the item's genres (mean), the history (mean of its item
+embeddings), the item's text embedding and the history's mean text embedding, both mapped
+D -> 256 -> E (METHOD.md: "item text emb mapped 768->256->32"). The ICT's feature token of a
+sample (current or retrieved) is an MLP of these six fields concatenated.
+
+Sequential fields (each H wide): the history (mean item embedding), the history's text, and the
+target item with its text; the current sample of a next-item request has no target, so those two
+fields are zero in its feature token.
+
+Every function accepts any leading shape (B,) or (B, K): retrieved examples are embedded with the
+same tables as the current sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llmcf_core.rec.ict import token_mlp
+from llmcf_core.rec.spec import DataSpec
+
+RANKING_FIELDS = ("user", "item", "genres", "history", "item_text", "history_text")
+TEXT_HIDDEN = 256
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over dim -2 where mask is True: (..., L, E), (..., L) -> (..., E); zeros if none."""
+    w = mask.to(x.dtype).unsqueeze(-1)  # (..., L, 1)
+    return (x * w).sum(-2) / w.sum(-2).clamp_min(1.0)
+
+
+@dataclass
+class RankingFieldEmbeddings:
+    stack: torch.Tensor  # (B, N_FIELDS, E) in RANKING_FIELDS order
+    target: torch.Tensor  # (B, E) the target item's id embedding
+    hist_emb: torch.Tensor  # (B, L, E) history item id embeddings (0 at padding)
+    hist_mask: torch.Tensor  # (B, L) bool
+
+    @property
+    def flat(self) -> torch.Tensor:  # (B, N_FIELDS * E)
+        return self.stack.flatten(1)
+
+
+class RankingFields(nn.Module):
+    def __init__(self, spec: DataSpec, dim: int) -> None:
+        super().__init__()
+        self.user = nn.Embedding(spec.n_users + 1, dim)  # 0 = unknown user (learned)
+        self.item = nn.Embedding(spec.n_items + 1, dim, padding_idx=0)
+        self.genre = nn.Embedding(spec.n_genres + 1, dim, padding_idx=0)
+        self.text_proj = token_mlp(spec.text_dim, TEXT_HIDDEN, dim)  # D -> 256 -> E
+        self.register_buffer("item_text", torch.from_numpy(spec.item_text).float())  # (I+1, D)
+        self.register_buffer("item_genres", torch.from_numpy(spec.item_genres).long())  # (I+1, G)
+        self.dim = dim
+
+    @property
+    def feature_dim(self) -> int:
+        return len(RANKING_FIELDS) * self.dim
+
+    def forward(self, user: torch.Tensor, item: torch.Tensor, hist: torch.Tensor) -> RankingFieldEmbeddings:
+        """user (B,), item (B,), hist (B, L) item indices (0 = padding)."""
+        hist_mask = hist > 0  # (B, L)
+        genres = self.item_genres[item]  # (B, G)
+        hist_emb = self.item(hist)  # (B, L, E)
+        target = self.item(item)  # (B, E)
+        stack = torch.stack(
+            (
+                self.user(user),  # (B, E)
+                target,
+                masked_mean(self.genre(genres), genres > 0),  # (B, E)
+                masked_mean(hist_emb, hist_mask),  # (B, E)
+                self.text_proj(self.item_text[item]),  # (B, D) -> (B, E)
+                self.text_proj(masked_mean(self.item_text[hist], hist_mask)),  # (B, L, D) -> (B, E)
+            ),
+            dim=1,
+        )  # (B, 6, E)
+        return RankingFieldEmbeddings(stack, target, hist_emb, hist_mask)
+
+    def features(self, user: torch.Tensor, item: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
+        """Flat features for any leading shape: (*S,), (*S,), (*S, L) -> (*S, 6E)."""
+        lead = user.shape
+        f = self(user.reshape(-1), item.reshape(-1), hist.reshape(-1, hist.shape[-1]))
+        return f.flat.reshape(*lead, -1)
+
+
+class SequentialFields(nn.Module):
+    """Item tables of a sequential backbone and the ICT features of a (history, target) sample."""
+
+    def __init__(self, spec: DataSpec, dim: int, *, with_text: bool) -> None:
+        super().__init__()
+        self.item = nn.Embedding(spec.n_items + 1, dim, padding_idx=0)
+        self.dim = dim
+        # Text only feeds the ICT's feature tokens; the backbones themselves are id-based.
+        if with_text:
+            self.text_proj = token_mlp(spec.text_dim, TEXT_HIDDEN, dim)  # D -> 256 -> H
+            self.register_buffer("item_text", torch.from_numpy(spec.item_text).float())  # (I+1, D)
+
+    @property
+    def feature_dim(self) -> int:
+        return 4 * self.dim
+
+    def features(self, hist: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        """(*S, L) history and (*S,) target (None: unknown) -> (*S, 4H)."""
+        hist_mask = hist > 0  # (*S, L)
+        history = masked_mean(self.item(hist), hist_mask)  # (*S, H)
+        history_text = self.text_proj(masked_mean(self.item_text[hist], hist_mask))  # (*S, H)
+        if target is None:
+            zeros = history.new_zeros(history.shape)
+            return torch.cat((history, history_text, zeros, zeros), dim=-1)  # (*S, 4H)
+        item = self.item(target)  # (*S, H)
+        item_text = self.text_proj(self.item_text[target])  # (*S, H)
+        return torch.cat((history, history_text, item, item_text), dim=-1)  # (*S, 4H)

@@ -1,0 +1,106 @@
+"""Writing and loading a trained model folder (see ``registry`` for the layout), and warm starts."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from llmcf_core.rec import registry
+from llmcf_core.rec.backbones import RecModel, build_model
+from llmcf_core.rec.spec import DataSpec, HParams
+
+
+@dataclass
+class LoadedModel:
+    model: RecModel
+    meta: dict[str, Any]
+    user_ids: np.ndarray  # raw ids; index i + 1
+    item_ids: np.ndarray
+    folder: Path
+
+    def user_index(self, raw: np.ndarray) -> np.ndarray:
+        return _index_of(self.user_ids, raw)
+
+    def item_index(self, raw: np.ndarray) -> np.ndarray:
+        return _index_of(self.item_ids, raw)
+
+
+def _index_of(sorted_ids: np.ndarray, values: Any) -> np.ndarray:
+    values = np.asarray(values, dtype=np.int64)
+    if len(sorted_ids) == 0:
+        return np.zeros(values.shape, dtype=np.int64)
+    pos = np.clip(np.searchsorted(sorted_ids, values), 0, len(sorted_ids) - 1)
+    return np.where(sorted_ids[pos] == values, pos + 1, 0).astype(np.int64)
+
+
+def write_version(
+    final: Path,
+    state: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    metrics: dict[str, Any],
+) -> Path:
+    """Write the whole folder beside ``final`` and rename it into place (metrics.json last)."""
+    staged = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    staged.mkdir(parents=True)
+    torch.save(state, staged / registry.MODEL_FILE)
+    np.savez(staged / registry.VOCAB_FILE, user_ids=user_ids, item_ids=item_ids)
+    registry.write_json_atomic(staged / registry.META_FILE, meta)
+    registry.write_json_atomic(staged / registry.METRICS_FILE, metrics)
+    registry.commit_folder(staged, final)
+    return final
+
+
+def load_version(folder: Path) -> LoadedModel:
+    folder = Path(folder)
+    meta = registry.read_json(folder / registry.META_FILE)
+    spec = DataSpec.from_sizes(meta["spec"])
+    model = build_model(meta["model"], spec, HParams.from_dict(meta["hparams"]), meta["variant"])
+    model.load_state_dict(torch.load(folder / registry.MODEL_FILE, map_location="cpu", weights_only=True))
+    model.eval()
+    vocab = np.load(folder / registry.VOCAB_FILE)
+    return LoadedModel(model, meta, vocab["user_ids"], vocab["item_ids"], folder)
+
+
+# Embedding tables whose rows follow a vocabulary: copied row by row by raw id on a warm start.
+_VOCAB_TABLES = {"fields.user.weight": "user", "fields.item.weight": "item"}
+# Frozen side information comes from the current data, never from the previous model.
+_DATA_BUFFERS = {"fields.item_text", "fields.item_genres"}
+
+
+def warm_start_state(
+    previous: LoadedModel, fresh: RecModel, user_ids: np.ndarray, item_ids: np.ndarray
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """A state_dict for ``fresh`` that starts from ``previous`` where they agree.
+
+    Same-shaped tensors are copied (not the item text/genre buffers, which come from the data); user/item embedding rows are copied by raw id (new ids keep
+    their fresh initialisation); anything else keeps the fresh values. Returns the state and
+    counts of what was copied.
+    """
+    old = previous.model.state_dict()
+    state = fresh.state_dict()
+    copied = {"tensors": 0, "user_rows": 0, "item_rows": 0}
+    for name, value in state.items():
+        if name not in old or name in _DATA_BUFFERS:
+            continue
+        if name in _VOCAB_TABLES:
+            kind = _VOCAB_TABLES[name]
+            new_ids, old_ids = (
+                (user_ids, previous.user_ids) if kind == "user" else (item_ids, previous.item_ids)
+            )
+            at_old = _index_of(old_ids, new_ids)  # (n_new,), 0 = not in the old vocabulary
+            hit = np.flatnonzero(at_old > 0)
+            merged = value.clone()
+            merged[torch.from_numpy(hit + 1)] = old[name][torch.from_numpy(at_old[hit])]
+            state[name] = merged
+            copied[f"{kind}_rows"] = int(len(hit))
+        elif old[name].shape == value.shape:
+            state[name] = old[name].clone()
+            copied["tensors"] += 1
+    return state, copied

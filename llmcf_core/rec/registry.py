@@ -1,0 +1,189 @@
+"""Model folders, the published-model pointer and the publish gate.
+
+```
+<home>/models/rec/<model>-<variant>/<version>/        model.pt, model.json, vocab.npz, metrics.json
+<home>/models/rec/<model>-<variant>/latest-<dataset>  {"version": ...}: the published model (atomic)
+<home>/models/rec/_runs/<model>-<variant>/<version>/  Ray Train run: checkpoints (resume)
+```
+
+``<version>`` is ``<dataset>-<until>-s<seed>-<hash>``, the hash covering the input partitions'
+content and the training settings: the same inputs and settings give the same version, so a rerun
+reuses the finished folder or resumes the unfinished run. Version folders are written beside their
+final place and renamed into it, so a folder with ``metrics.json`` is complete.
+
+The gate publishes a version (moves the pointer) unless its validation metric (AUC for ranking,
+NDCG@10 for next item) is worse than the published model's by more than ``tolerance``.
+
+Standard library only at import: an Airflow check task may call ``publish_gate``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from llmcf_core.paths import InvalidArgument, check_dataset_name
+
+METRICS_FILE = "metrics.json"
+MODEL_FILE = "model.pt"
+META_FILE = "model.json"
+VOCAB_FILE = "vocab.npz"
+
+
+def rec_root(home: Path) -> Path:
+    return Path(home) / "models" / "rec"
+
+
+def model_dir(home: Path, model: str, variant: str) -> Path:
+    return rec_root(home) / f"{model}-{variant}"
+
+
+def version_dir(home: Path, model: str, variant: str, version: str) -> Path:
+    if not version or "/" in version or version.startswith((".", "_")) or version.startswith("latest"):
+        raise InvalidArgument(f"invalid model version {version!r}")
+    return model_dir(home, model, variant) / version
+
+
+def runs_dir(home: Path, model: str, variant: str) -> Path:
+    return rec_root(home) / "_runs" / f"{model}-{variant}"
+
+
+def pointer_path(home: Path, dataset: str, model: str, variant: str) -> Path:
+    return model_dir(home, model, variant) / f"latest-{check_dataset_name(dataset)}"
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def is_complete(folder: Path) -> bool:
+    return (Path(folder) / METRICS_FILE).is_file()
+
+
+def current_version(home: Path, dataset: str, model: str, variant: str) -> str | None:
+    """The published version for ``dataset`` (None if nothing is published or it is gone)."""
+    try:
+        version = read_json(pointer_path(home, dataset, model, variant))["version"]
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+    return version if is_complete(version_dir(home, model, variant, version)) else None
+
+
+def commit_folder(staged: Path, final: Path) -> None:
+    """Move a fully written folder into place (replacing an older copy of the same version)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(final, trash)
+        os.rename(staged, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(staged, final)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    published: bool
+    dataset: str
+    model: str
+    variant: str
+    version: str
+    metric: str
+    value: float
+    previous_version: str | None
+    previous_value: float | None
+    tolerance: float
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def publish_gate(
+    home: Path, dataset: str, model: str, variant: str, version: str, *, tolerance: float
+) -> GateDecision:
+    """Publish ``version`` unless its validation metric is worse than the current model's by more
+    than ``tolerance``. Idempotent: re-running on the published version keeps it published."""
+    folder = version_dir(home, model, variant, version)
+    if not is_complete(folder):
+        raise InvalidArgument(f"model version {version!r} is not complete at {folder}")
+    metrics = read_json(folder / METRICS_FILE)
+    metric = metrics["primary_metric"]
+    value = float(metrics["valid"][metric])
+    previous = current_version(home, dataset, model, variant)
+    previous_value = None
+    if previous is not None:
+        prev_metrics = read_json(version_dir(home, model, variant, previous) / METRICS_FILE)
+        if prev_metrics.get("primary_metric") == metric:
+            previous_value = float(prev_metrics["valid"][metric])
+
+    if math.isnan(value):
+        ok, reason = False, f"validation {metric} is NaN"
+    elif previous == version:
+        ok, reason = True, "already the published version"
+    elif previous_value is None or math.isnan(previous_value):
+        ok, reason = True, "no comparable published model"
+    elif value >= previous_value - tolerance:
+        ok, reason = True, f"valid {metric} {value:.4f} >= {previous_value:.4f} - {tolerance}"
+    else:
+        ok, reason = False, f"valid {metric} {value:.4f} < {previous_value:.4f} - {tolerance}"
+    if ok and previous != version:
+        write_json_atomic(
+            pointer_path(home, dataset, model, variant),
+            {"version": version, "metric": metric, "value": value},
+        )
+    return GateDecision(
+        published=ok,
+        dataset=dataset,
+        model=model,
+        variant=variant,
+        version=version,
+        metric=metric,
+        value=value,
+        previous_version=previous,
+        previous_value=previous_value,
+        tolerance=tolerance,
+        reason=reason,
+    )
+
+
+def trained_version(
+    home: Path, dataset: str, model: str, variant: str, until: str | None, seed: int = 0
+) -> str | None:
+    """The newest complete version trained on ``dataset`` up to ``until`` with ``seed`` (what a
+    DAG task that ran ``jobs.train_rec --partition <until>`` produced)."""
+    prefix = f"{check_dataset_name(dataset)}-{until or 'all'}-s{seed}-"
+    folders = [
+        p
+        for p in model_dir(home, model, variant).glob(f"{prefix}*")
+        if p.is_dir() and is_complete(p) and p.name[len(prefix) :].isalnum()
+    ]
+    if not folders:
+        return None
+    return max(folders, key=lambda p: (p / METRICS_FILE).stat().st_mtime_ns).name
+
+
+def publish_partition(
+    home: Path, dataset: str, model: str, variant: str, partition: str, *, tolerance: float, seed: int = 0
+) -> GateDecision:
+    """The DAG's ``evaluate`` step: gate the version ``jobs.train_rec --partition`` just wrote."""
+    version = trained_version(home, dataset, model, variant, partition, seed)
+    if version is None:
+        raise InvalidArgument(
+            f"no trained {model}-{variant} version for {dataset} up to {partition} (seed {seed})"
+        )
+    return publish_gate(home, dataset, model, variant, version, tolerance=tolerance)

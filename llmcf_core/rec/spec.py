@@ -1,0 +1,112 @@
+"""What a recommender model is built from: the data's sizes (``DataSpec``) and hyper-parameters.
+
+``DataSpec`` carries the frozen item side information as arrays (text embeddings and genre ids per
+item index), so a model holds everything it needs to score an item id: training, the saved model
+folder and the online scorer all build the same model from it.
+
+Index conventions (shared with ``llmcf_core.rec.dataset``): users and items are numbered from 1 in
+the order of their sorted raw ids; 0 is padding (items) or an unknown user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+VARIANTS = ("base", "llmcf", "llmcf_wocot", "llmcf_mean")
+TASKS = ("ranking", "sequential")
+
+
+@dataclass
+class DataSpec:
+    n_users: int  # user indices 1..n_users; 0 = unknown user
+    n_items: int  # item indices 1..n_items; 0 = padding
+    n_genres: int  # genre indices 1..n_genres; 0 = padding
+    history_len: int  # L
+    k: int  # retrieved examples per sample
+    item_text: np.ndarray  # (n_items + 1, D) float32, row 0 zeros: frozen item text embeddings
+    item_genres: np.ndarray  # (n_items + 1, G) int64 genre indices, 0-padded
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.item_text.shape[1])
+
+    @property
+    def max_genres(self) -> int:
+        return int(self.item_genres.shape[1])
+
+    def sizes(self) -> dict[str, int]:
+        """The JSON-able part; ``from_sizes`` rebuilds a spec whose arrays a state_dict then fills."""
+        return {
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "n_genres": self.n_genres,
+            "history_len": self.history_len,
+            "k": self.k,
+            "text_dim": self.text_dim,
+            "max_genres": self.max_genres,
+        }
+
+    @classmethod
+    def from_sizes(cls, sizes: dict[str, int]) -> DataSpec:
+        n_items = int(sizes["n_items"])
+        return cls(
+            n_users=int(sizes["n_users"]),
+            n_items=n_items,
+            n_genres=int(sizes["n_genres"]),
+            history_len=int(sizes["history_len"]),
+            k=int(sizes["k"]),
+            item_text=np.zeros((n_items + 1, int(sizes["text_dim"])), dtype=np.float32),
+            item_genres=np.zeros((n_items + 1, max(1, int(sizes["max_genres"]))), dtype=np.int64),
+        )
+
+
+@dataclass(frozen=True)
+class HParams:
+    """Model and optimiser settings (defaults: the paper's, METHOD.md "ICT module")."""
+
+    embedding_dim: int = 32
+    mlp_dims: tuple[int, ...] = (200, 80)
+    seq_hidden: int = 64
+    ict_width_ranking: int = 32
+    ict_width_sequential: int = 64
+    ict_layers: int = 2
+    ict_heads: int = 2
+    alpha_ranking: float = 1.0
+    alpha_sequential: float = 1.0
+    seq_fusion_weight: float = 0.1
+    n_negatives: int = 128
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["mlp_dims"] = list(self.mlp_dims)
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> HParams:
+        raw = dict(raw)
+        raw["mlp_dims"] = tuple(raw.get("mlp_dims", (200, 80)))
+        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+    @classmethod
+    def from_config(cls, rec: Any, model: str) -> HParams:
+        """From the ``rec`` config section; ``lr_overrides`` give per-model learning rates."""
+        return cls(
+            embedding_dim=rec.embedding_dim,
+            mlp_dims=tuple(rec.mlp_dims),
+            seq_hidden=rec.seq_hidden,
+            ict_width_ranking=rec.ict_width_ranking,
+            ict_width_sequential=rec.ict_width_sequential,
+            ict_layers=rec.ict_layers,
+            ict_heads=rec.ict_heads,
+            alpha_ranking=rec.alpha_ranking,
+            alpha_sequential=rec.alpha_sequential,
+            seq_fusion_weight=rec.seq_fusion_weight,
+            n_negatives=rec.n_negatives,
+            lr=rec.lr_overrides.get(model, rec.lr),
+            weight_decay=rec.weight_decay,
+        )

@@ -1,0 +1,52 @@
+"""The experiment job on hand-built artifacts: runs every model x variant x seed (in-process),
+writes the Markdown table, the PNG and the raw runs, and reuses finished runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from jobs import experiment
+from llmcf_core.rec.synthetic import write_synthetic_dataset
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_experiment_writes_table_plot_and_runs(llmcf_home, tmp_path, capsys):
+    write_synthetic_dataset(llmcf_home, "synth", n_users=10, n_items=12, days=(2, 1, 1))
+    out = tmp_path / "results"
+    argv = ["--dataset", "synth", "--models", "DIN,SASRec", "--variants", "base,llmcf", "--seeds", "2"]
+    argv += ["--workers", "0", "--max-epochs", "1", "--embedder", "synth-enc", "--out", str(out)]
+    assert experiment.main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("LLMCF_RESULT "))
+    assert result["runs"] == 8 and result["cells"] == 4
+
+    md = (out / "synth.md").read_text()
+    assert "## Ranking (CTR)" in md and "## Next item (full ranking)" in md
+    assert "| DIN | llmcf |" in md and "| SASRec | base |" in md and "lift auc" in md
+    assert "± " in md and "%" in md and "python -m jobs.experiment --dataset synth" in md
+    assert "![lift over base by model and variant](synth.png)" in md
+    png = (out / "synth.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 500
+    runs = json.loads((out / "synth.json").read_text())
+    assert {(r["model"], r["variant"], r["seed"]) for r in runs} == {
+        (m, v, s) for m in ("DIN", "SASRec") for v in ("base", "llmcf") for s in (0, 1)
+    }
+
+    assert experiment.main(argv) == 0  # every run exists: reused, same versions
+    again = json.loads((out / "synth.json").read_text())
+    assert [r["version"] for r in again] == [r["version"] for r in runs]
+
+
+def test_experiment_rejects_unknown_names(llmcf_home):
+    assert experiment.main(["--dataset", "synth", "--models", "Nope"]) == 2
+    assert experiment.main(["--dataset", "synth", "--models", "DIN", "--variants", "base,odd"]) == 2
+    assert experiment.main(["--dataset", "synth", "--seeds", "0"]) == 2

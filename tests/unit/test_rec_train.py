@@ -1,0 +1,168 @@
+"""Training without Ray (workers=0): model folders, version reuse, resume, warm start, the job's
+CLI contract, and the publish gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from jobs import train_rec
+from llmcf_core.config import load_config
+from llmcf_core.rec import registry
+from llmcf_core.rec.dataset import load_tables
+from llmcf_core.rec.modelio import load_version
+from llmcf_core.rec.spec import HParams
+from llmcf_core.rec.synthetic import write_synthetic_dataset
+from llmcf_core.rec.train import LocalIO, RunSpec, fit
+
+EMBEDDER = "synth-enc"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def rec_settings(llmcf_home):
+    write_synthetic_dataset(llmcf_home, "synth", n_users=12, n_items=15, days=(3, 1, 1))
+    settings = load_config("local")
+    rec = settings.rec.model_copy(update={"embedder": EMBEDDER, "mlp_dims": (16, 8), "batch_size": 32})
+    return settings.model_copy(update={"rec": rec})
+
+
+def _run(max_epochs: int, patience: int = 5) -> RunSpec:
+    return RunSpec("DIN", "llmcf", 0, HParams(mlp_dims=(16, 8)), 32, 256, max_epochs, patience)
+
+
+def test_local_fit_checkpoints_and_resumes(rec_settings, tmp_path):
+    tables = load_tables(rec_settings, "synth", embedder=EMBEDDER)
+    rows = tables.rows("train")
+    first = fit(LocalIO(tmp_path, rows, 32, 0), tables, _run(1), None)
+    assert first["epoch"] == 1 and (tmp_path / "state.pt").is_file()
+    resumed = fit(LocalIO(tmp_path, rows, 32, 0), tables, _run(3), None)
+    assert resumed["epoch"] == 3 and resumed["resumed_from"] == 1
+    assert [h["epoch"] for h in resumed["final"]["history"]] == [1, 2, 3]
+    # the first epoch is not re-run: its record is the checkpoint's
+    assert resumed["final"]["history"][0] == first["final"]["history"][0]
+    again = fit(LocalIO(tmp_path, rows, 32, 0), tables, _run(3), None)  # finished: nothing to train
+    assert again["epoch"] == 3 and again["final"]["history"] == resumed["final"]["history"]
+
+
+def test_early_stopping_keeps_the_best_epoch(rec_settings, tmp_path):
+    tables = load_tables(rec_settings, "synth", embedder=EMBEDDER)
+    state = fit(LocalIO(tmp_path, tables.rows("train"), 32, 0), tables, _run(30, patience=2), None)
+    history = state["final"]["history"]
+    aucs = [h["valid"]["auc"] for h in history]
+    assert state["final"]["stopped_early"] and len(history) < 30
+    assert history[-1]["epoch"] - state["best_epoch"] == 2  # stopped after 2 epochs without gain
+    assert state["final"]["valid"]["auc"] == max(aucs)
+
+
+def test_job_writes_the_model_folder_and_reuses_it(rec_settings, capsys):
+    argv = ["--dataset", "synth", "--model", "DIN", "--variant", "llmcf", "--workers", "0"]
+    argv += ["--max-epochs", "2", "--embedder", EMBEDDER]
+    assert train_rec.main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("LLMCF_RESULT "))
+    assert result["trained"] and result["primary_metric"] == "auc"
+    folder = registry.version_dir(rec_settings.home, "DIN", "llmcf", result["version"])
+    assert {p.name for p in folder.iterdir()} == {"model.pt", "model.json", "vocab.npz", "metrics.json"}
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert set(metrics["valid"]) >= {"auc", "logloss"} and set(metrics["test"]) >= {"auc", "logloss"}
+    assert metrics["epochs"] == 2 and metrics["data"]["k"] == 4
+
+    loaded = load_version(folder)
+    tables = load_tables(rec_settings, "synth", embedder=EMBEDDER)
+    batch = tables.batch(tables.rows("valid"))
+    with torch.no_grad():
+        probs = loaded.model.predict(batch).numpy()
+    from llmcf_core.rec.metrics import auc
+
+    assert auc(tables.label[tables.rows("valid")], probs) == pytest.approx(metrics["valid"]["auc"])
+
+    assert train_rec.main(argv) == 0  # same inputs and settings: the same version, reused
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("LLMCF_RESULT "))
+    assert again["version"] == result["version"] and not again["trained"]
+
+
+def test_job_rejects_bad_arguments(rec_settings):
+    base = ["--dataset", "synth", "--workers", "0", "--embedder", EMBEDDER]
+    assert train_rec.main([*base, "--model", "NoSuchNet"]) == 2
+    assert train_rec.main([*base, "--model", "DIN", "--variant", "weird"]) == 2
+    assert train_rec.main([*base, "--model", "DIN", "--until", "1998-13-01"]) == 2
+    assert train_rec.main([*base, "--model", "DIN", "--until", "1990-01-01"]) == 2  # no samples yet
+
+
+def test_warm_start_copies_rows_by_raw_id(rec_settings):
+    from llmcf_core.rec.train import train
+
+    first = train(rec_settings, "synth", "SASRec", "llmcf", workers=0, max_epochs=1)
+    registry.publish_gate(rec_settings.home, "synth", "SASRec", "llmcf", first.version, tolerance=0.0)
+    warm = train(rec_settings, "synth", "SASRec", "llmcf", workers=0, max_epochs=1, warm_start=True, seed=1)
+    info = warm.metrics["warm_start"]
+    assert info["from"] == first.version and info["item_rows"] == 15 and info["tensors"] > 10
+    assert warm.metrics["primary_metric"] == "ndcg@10" and "hit@10" in warm.metrics["test"]
+
+
+def _fake_version(home, version: str, auc: float, metric: str = "auc") -> None:
+    folder = registry.version_dir(home, "DIN", "llmcf", version)
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"primary_metric": metric, "valid": {metric: auc}}))
+
+
+def test_publish_gate(tmp_path):
+    home = tmp_path
+    _fake_version(home, "v1", 0.70)
+    _fake_version(home, "v2", 0.699)  # within tolerance
+    _fake_version(home, "v3", 0.60)  # much worse
+    _fake_version(home, "v4", float("nan"))
+
+    d1 = registry.publish_gate(home, "ml-100k", "DIN", "llmcf", "v1", tolerance=0.002)
+    assert d1.published and d1.previous_version is None
+    assert registry.current_version(home, "ml-100k", "DIN", "llmcf") == "v1"
+    d2 = registry.publish_gate(home, "ml-100k", "DIN", "llmcf", "v2", tolerance=0.002)
+    assert d2.published and d2.previous_value == pytest.approx(0.70)
+    d3 = registry.publish_gate(home, "ml-100k", "DIN", "llmcf", "v3", tolerance=0.002)
+    assert not d3.published and "<" in d3.reason
+    assert registry.current_version(home, "ml-100k", "DIN", "llmcf") == "v2"  # unchanged
+    assert not registry.publish_gate(home, "ml-100k", "DIN", "llmcf", "v4", tolerance=1.0).published
+    assert registry.publish_gate(home, "ml-100k", "DIN", "llmcf", "v2", tolerance=0.0).published  # idempotent
+    # pointers are per dataset
+    assert registry.current_version(home, "ml-1m", "DIN", "llmcf") is None
+    pointer = registry.pointer_path(home, "ml-100k", "DIN", "llmcf")
+    assert json.loads(pointer.read_text())["version"] == "v2"
+    assert not [p for p in pointer.parent.iterdir() if p.name.startswith(".")]  # no temp files left
+    with pytest.raises(Exception, match="not complete"):
+        registry.publish_gate(home, "ml-100k", "DIN", "llmcf", "v9", tolerance=0.0)
+
+
+def test_vocab_roundtrip_and_unknown_ids(rec_settings):
+    from llmcf_core.rec.train import train
+
+    result = train(rec_settings, "synth", "DeepFM", "base", workers=0, max_epochs=1)
+    loaded = load_version(result.path)
+    assert loaded.user_index(np.array([1, 999])).tolist() == [1, 0]  # unknown user -> 0
+    assert loaded.item_index(np.array([15, 16])).tolist() == [15, 0]
+    assert loaded.meta["hparams"]["lr"] == pytest.approx(0.008)  # DeepFM's own learning rate
+
+
+def test_publish_partition_finds_the_version_the_job_wrote(rec_settings):
+    from llmcf_core.rec.synthetic import FIRST_DAY
+    from llmcf_core.rec.train import train
+
+    day = FIRST_DAY.replace(day=FIRST_DAY.day + 4)
+    result = train(rec_settings, "synth", "DCN", "llmcf_wocot", workers=0, max_epochs=1, until=day)
+    home = rec_settings.home
+    assert registry.trained_version(home, "synth", "DCN", "llmcf_wocot", day.isoformat()) == result.version
+    decision = registry.publish_partition(
+        home, "synth", "DCN", "llmcf_wocot", day.isoformat(), tolerance=0.002
+    )
+    assert decision.published and decision.version == result.version
+    with pytest.raises(Exception, match="no trained"):
+        registry.publish_partition(home, "synth", "DCN", "llmcf_wocot", "2030-01-01", tolerance=0.002)
