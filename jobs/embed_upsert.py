@@ -1,0 +1,47 @@
+"""Ray job: embed one day's CoT pool, upsert it into Qdrant, verify the counts, publish.
+
+    python -m jobs.embed_upsert --dataset ml-100k --partition 1998-01-15
+    python -m jobs.embed_upsert --dataset ml-100k --rebuild          # new collection + alias swap
+
+Rerunning a partition rewrites the same points (UUID5 ids from sample_id): counts do not change.
+A new embedder or a new current CoT version triggers a full rebuild (new collection, count check,
+atomic swap of the alias llmcf_<dataset>; the previous collection is kept for rollback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jobs._cli import run_job
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.embed_upsert", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, help="configured dataset (ml-100k, ml-1m, ...)")
+    parser.add_argument("--partition", help="UTC day, YYYY-MM-DD (optional with --rebuild)")
+    parser.add_argument(
+        "--cot-version", help="MODEL_VERSION__PROMPT_VERSION (default: <dataset>/cot/CURRENT)"
+    )
+    parser.add_argument(
+        "--rebuild", action="store_true", help="load every CoT day into a new collection, then swap the alias"
+    )
+    parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
+    args = parser.parse_args(argv)
+
+    def body() -> dict:
+        from llmcf_core.config import load_config
+        from llmcf_core.paths import check_dataset_name, parse_partition
+        from llmcf_core.retrieval.upsert import embed_upsert
+
+        dataset = check_dataset_name(args.dataset)
+        day = parse_partition(args.partition) if args.partition else None
+        return embed_upsert(
+            load_config(args.profile), dataset, day, cot_version=args.cot_version, rebuild=args.rebuild
+        )
+
+    return run_job("embed_upsert", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Collection and alias operations, as plain functions (an Airflow task calls them) and a CLI.
+
+    python -m llmcf_core.retrieval.admin status  --dataset ml-100k
+    python -m llmcf_core.retrieval.admin create  --dataset ml-100k     # empty collection, current spec
+    python -m llmcf_core.retrieval.admin swap    --dataset ml-100k --collection NAME
+    python -m llmcf_core.retrieval.admin rollback --dataset ml-100k
+    python -m llmcf_core.retrieval.admin drop    --dataset ml-100k --collection NAME
+
+Server mode reads ``LLMCF_QDRANT_URL`` / the API key variable (an Airflow task resolves the
+connection ``qdrant_default`` into them: ``llmcf_airflow.qdrant_conn``). In local mode these
+open the folder like any job, so they wait for a running job's client (``qdrant.lock_timeout_s``).
+Bulk loading is never done here: that is ``jobs.embed_upsert`` (``--rebuild`` for a new collection).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from llmcf_core.config import Settings
+from llmcf_core.paths import InvalidArgument, check_dataset_name
+from llmcf_core.retrieval.layout import alias_name
+from llmcf_core.retrieval.store import QdrantStore
+
+
+def _open(settings: Settings, what: str) -> QdrantStore:
+    return QdrantStore.open(settings.qdrant, settings.home, owner=f"admin {what}")
+
+
+def status(settings: Settings, dataset: str) -> dict[str, Any]:
+    """The alias, its collection and spec, and every collection of the dataset with its count."""
+    with _open(settings, "status") as store:
+        live = store.alias_target(dataset)
+        collections = {}
+        for name in store.collections(dataset):
+            meta = store.metadata(name)
+            collections[name] = {
+                "points": store.count(name),
+                "live": name == live,
+                "live_since": meta.get("live_since"),
+                "spec": meta.get("spec"),
+            }
+        return {"alias": alias_name(dataset), "live": live, "collections": collections}
+
+
+def create_collection(settings: Settings, dataset: str, cot_version: str | None = None) -> str:
+    """An empty collection (next generation) for the current spec; the alias is not touched."""
+    from llmcf_core.retrieval.upsert import current_spec
+
+    spec = current_spec(settings, dataset, cot_version)
+    with _open(settings, "create") as store:
+        return store.create_collection(spec)
+
+
+def swap_alias(
+    settings: Settings, dataset: str, collection: str, *, expect_points: int | None = None
+) -> dict[str, Any]:
+    """Point ``llmcf_<dataset>`` at ``collection`` atomically, refusing an empty or short one."""
+    with _open(settings, "swap") as store:
+        if collection not in store.collections(dataset):
+            raise InvalidArgument(f"no collection {collection!r} for dataset {dataset!r}")
+        points = store.count(collection)
+        if points == 0 or (expect_points is not None and points != expect_points):
+            raise InvalidArgument(
+                f"refusing to swap to {collection}: {points} points (expected {expect_points or '> 0'})"
+            )
+        previous = store.swap_alias(dataset, collection)
+        return {
+            "alias": alias_name(dataset),
+            "collection": collection,
+            "previous": previous,
+            "points": points,
+        }
+
+
+def rollback(settings: Settings, dataset: str) -> dict[str, Any]:
+    """Point the alias back at the most recent previous collection."""
+    with _open(settings, "rollback") as store:
+        current = store.alias_target(dataset)
+        target = store.rollback(dataset)
+        return {"alias": alias_name(dataset), "collection": target, "previous": current}
+
+
+def drop_collection(settings: Settings, dataset: str, collection: str) -> None:
+    """Delete a collection that is not live."""
+    with _open(settings, "drop") as store:
+        if store.alias_target(dataset) == collection:
+            raise InvalidArgument(f"{collection} is live: swap or roll back the alias first")
+        store.drop(collection)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m llmcf_core.retrieval.admin", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("command", choices=["status", "create", "swap", "rollback", "drop"])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--collection")
+    parser.add_argument("--profile")
+    args = parser.parse_args(argv)
+
+    from llmcf_core.config import load_config
+
+    settings = load_config(args.profile)
+    dataset = check_dataset_name(args.dataset)
+    try:
+        if args.command in ("swap", "drop") and not args.collection:
+            raise InvalidArgument(f"{args.command} needs --collection")
+        if args.command == "status":
+            out: Any = status(settings, dataset)
+        elif args.command == "create":
+            out = {"collection": create_collection(settings, dataset)}
+        elif args.command == "swap":
+            out = swap_alias(settings, dataset, args.collection)
+        elif args.command == "rollback":
+            out = rollback(settings, dataset)
+        else:
+            drop_collection(settings, dataset, args.collection)
+            out = {"dropped": args.collection}
+    except InvalidArgument as exc:
+        print(f"admin: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Cheap post-publish gates for DAG check tasks: read manifests only (no numpy, no Qdrant).
+
+    verify_pool_published(settings, "ml-100k", "1998-01-15")       # after jobs.embed_upsert
+    verify_neighbors_published(settings, "ml-100k", "1998-01-15")  # after jobs.retrieve
+
+Each returns a small summary dict (for XCom) or raises ``InvalidArgument`` saying what is wrong;
+the DAG task turns that into a non-retried failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmcf_core.config import Settings
+from llmcf_core.paths import InvalidArgument, parse_partition
+from llmcf_core.retrieval.layout import RetrievalPaths
+from llmcf_core.storage import read_manifest
+
+
+def _passed(manifest: dict[str, Any], key: str, where: str) -> None:
+    report = manifest.get(key) or {}
+    if report.get("success") is not True:
+        failures = [f.get("rule") for f in report.get("failures", [])]
+        raise InvalidArgument(f"{where}: check {key!r} did not pass: {failures or report or 'no report'}")
+
+
+def _manifest(folder: Any, partition: str) -> dict[str, Any]:
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise InvalidArgument(f"{folder} is not published for partition {partition} (no _SUCCESS manifest)")
+    if manifest.get("partition") != partition:
+        raise InvalidArgument(
+            f"{folder} manifest is for partition {manifest.get('partition')}, not {partition}"
+        )
+    return manifest
+
+
+def verify_pool_published(settings: Settings, dataset: str, partition: str) -> dict[str, Any]:
+    """The day's pool is published with passed ``checks`` (pool) and ``qdrant`` (counts) reports."""
+    paths = RetrievalPaths(settings.home, dataset, settings.embedding.embedder)
+    folder = paths.pool(parse_partition(partition))
+    manifest = _manifest(folder, partition)
+    _passed(manifest, "checks", str(folder))
+    _passed(manifest, "qdrant", str(folder))
+    spec = manifest.get("spec") or {}
+    if spec.get("embedder") != settings.embedding.embedder or spec.get("dim") != settings.embedding.dim:
+        raise InvalidArgument(f"{folder} was built for {spec}, not the configured embedder")
+    return {
+        "partition": partition,
+        "rows": manifest.get("rows"),
+        "sha256": manifest.get("sha256"),
+        "collection": manifest.get("collection"),
+        "cot_version": f"{spec.get('cot_model_version')}__{spec.get('cot_prompt_version')}",
+    }
+
+
+def verify_neighbors_published(
+    settings: Settings, dataset: str, partition: str, task: str = "ctr"
+) -> dict[str, Any]:
+    """The day's neighbours are published with passed ``checks`` and ``agreement`` reports."""
+    paths = RetrievalPaths(settings.home, dataset, settings.embedding.embedder)
+    folder = paths.neighbors(parse_partition(partition), task)
+    manifest = _manifest(folder, partition)
+    _passed(manifest, "checks", str(folder))
+    _passed(manifest, "agreement", str(folder))
+    if manifest.get("k") != settings.retrieval.k:
+        raise InvalidArgument(f"{folder} has k={manifest.get('k')}, configured k={settings.retrieval.k}")
+    return {
+        "partition": partition,
+        "task": task,
+        "rows": manifest.get("rows"),
+        "sha256": manifest.get("sha256"),
+        "padded_share": manifest.get("padded_share"),
+        "collection": manifest.get("collection"),
+    }

@@ -1,0 +1,200 @@
+"""Stage ``embed_upsert``: embed a day's CoT pool, load it into Qdrant, check, publish.
+
+Daily (the live collection matches the configured embedder and the current CoT version): the
+day's points are upserted into the live collection (deterministic ids: a rerun rewrites the
+same points; points of the day that left the pool are deleted), then the counts are verified
+(points of the day == pool rows of the day; points in the collection == rows of all published
+pool partitions) and only then is the pool partition published.
+
+Full rebuild (``rebuild=True``, the first build, or the embedder / CoT version changed): a new
+collection (next generation) is created with payload indexes and HNSW off, every day that has a
+CoT partition of the current version is loaded and its count verified, the total is verified,
+HNSW is switched on, and the alias ``llmcf_<dataset>`` is swapped to it in one atomic request;
+the previous collection stays for rollback. Readers of the alias see the old collection until
+the swap. Any failure drops the new collection and leaves the alias alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+from llmcf_core import quality, storage
+from llmcf_core.config import Settings
+from llmcf_core.paths import InvalidArgument
+from llmcf_core.retrieval import checks
+from llmcf_core.retrieval.embed import ItemVectors, ensure_item_vectors
+from llmcf_core.retrieval.layout import PoolSpec, RetrievalPaths, alias_name, resolve_cot_version
+from llmcf_core.retrieval.pool import PreparedPool, prepare_pool, publish_pool
+from llmcf_core.retrieval.store import QdrantStore
+
+log = logging.getLogger(__name__)
+
+
+def current_spec(settings: Settings, dataset: str, cot_version: str | None = None) -> PoolSpec:
+    """The pool spec the configuration and the dataset's current CoT version ask for."""
+    emb = settings.embedding
+    version = resolve_cot_version(RetrievalPaths(settings.home, dataset, emb.embedder), cot_version)
+    return PoolSpec(dataset, emb.embedder, emb.dim, version.model_version, version.prompt_version)
+
+
+def embed_upsert(
+    settings: Settings,
+    dataset: str,
+    day: dt.date | None,
+    *,
+    cot_version: str | None = None,
+    rebuild: bool = False,
+    on_batch: Callable[[QdrantStore, str, int], None] | None = None,
+) -> dict[str, Any]:
+    """Embed and load ``day``'s pool (or rebuild everything); returns the job summary."""
+    spec = current_spec(settings, dataset, cot_version)
+    paths = RetrievalPaths(settings.home, dataset, spec.embedder)
+    if day is None and not rebuild:
+        raise InvalidArgument("a partition is required unless --rebuild is given")
+    if day is not None and not storage.is_published(paths.cot_partition(day, spec.cot)):
+        raise InvalidArgument(
+            f"no published CoT partition for {day} and CoT version {spec.cot.folder}: "
+            f"{paths.cot_partition(day, spec.cot)} (run the CoT stage for this day first)"
+        )
+    # The slow parts (embedding) run before the store is opened: the local store admits one client.
+    items = ensure_item_vectors(settings, dataset)
+    prepared = prepare_pool(settings, spec, day, items) if day is not None else None
+
+    owner = f"embed_upsert {dataset} {day or 'rebuild'}"
+    with QdrantStore.open(settings.qdrant, settings.home, owner=owner) as store:
+        live = store.live(dataset)
+        if rebuild or live is None or live[1] != spec:
+            reason = (
+                "requested"
+                if rebuild
+                else "first build"
+                if live is None
+                else f"live collection {live[0]} was built for {live[1]}, current is {spec}"
+            )
+            log.info("full rebuild of %s: %s", alias_name(dataset), reason)
+            result = _rebuild(settings, store, spec, items, prepared, on_batch=on_batch)
+            return {
+                **result,
+                "rebuilt": True,
+                "reason": reason,
+                "partition": day.isoformat() if day else None,
+            }
+
+        name = live[0]
+        assert prepared is not None
+        counts = store.replace_day(name, dataset, prepared.points())
+        others = _published_rows(paths, spec, exclude=prepared.day)
+        report = checks.check_metrics(
+            [
+                checks.equal(
+                    "points_of_partition", store.count(name, dt=prepared.day.isoformat()), prepared.rows
+                ),
+                checks.equal("points_in_collection", store.count(name), others + prepared.rows),
+            ],
+            suite="qdrant",
+            dataset=dataset,
+            partition=prepared.day.isoformat(),
+        )
+        if not report.success:
+            _quarantine(paths, prepared.day, report)
+        published = publish_pool(settings, prepared, {"collection": name, "qdrant": report.to_dict()})
+    return {
+        **_summary(spec, name, prepared),
+        "rebuilt": False,
+        "partition": prepared.day.isoformat(),
+        "changed": published.changed,
+        "points_in_collection": others + prepared.rows,
+        **counts,
+    }
+
+
+def _rebuild(
+    settings: Settings,
+    store: QdrantStore,
+    spec: PoolSpec,
+    items: ItemVectors,
+    current: PreparedPool | None,
+    *,
+    on_batch: Callable[[QdrantStore, str, int], None] | None,
+) -> dict[str, Any]:
+    paths = RetrievalPaths(settings.home, spec.dataset, spec.embedder)
+    days = paths.cot_days(spec.cot)
+    if not days:
+        raise InvalidArgument(f"no published CoT partition of version {spec.cot.folder} to build from")
+    name = store.create_collection(spec)
+    total = 0
+    try:
+        for day in days:
+            prepared = (
+                current
+                if current is not None and current.day == day
+                else prepare_pool(settings, spec, day, items)
+            )
+            hook = (lambda n, _name=name: on_batch(store, _name, n)) if on_batch else None
+            store.upsert(name, spec.dataset, prepared.points(), on_batch=hook)
+            total += prepared.rows
+            day_report = checks.check_metrics(
+                [checks.equal("points_of_partition", store.count(name, dt=day.isoformat()), prepared.rows)],
+                suite="qdrant",
+                dataset=spec.dataset,
+                partition=day.isoformat(),
+            )
+            if not day_report.success:
+                _quarantine(paths, day, day_report)
+            publish_pool(settings, prepared, {"collection": name, "qdrant": day_report.to_dict()})
+        report = checks.check_metrics(
+            [checks.equal("points_in_collection", store.count(name), total)],
+            suite="qdrant",
+            dataset=spec.dataset,
+        )
+        if not report.success:
+            raise quality.DataCheckFailed(report)
+        store.finish_load(name)
+        previous = store.swap_alias(spec.dataset, name)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            store.drop(name)
+        raise
+    return {
+        **_summary(spec, name, current),
+        "days_loaded": len(days),
+        "points_in_collection": total,
+        "previous_collection": previous,
+    }
+
+
+def _quarantine(paths: RetrievalPaths, day: dt.date, report: quality.CheckReport) -> None:
+    """Record a failed store check beside the pool's other quarantines, then raise."""
+    storage.write_quarantine(pa.table({}), paths.data.quarantine("pool", day), report.to_dict())
+    raise quality.DataCheckFailed(report)
+
+
+def _published_rows(paths: RetrievalPaths, spec: PoolSpec, exclude: dt.date | None = None) -> int:
+    """Rows of every published pool partition built for ``spec`` (what the collection must hold)."""
+    total = 0
+    for day in paths.pool_days():
+        if day == exclude:
+            continue
+        manifest = storage.read_manifest(paths.pool(day)) or {}
+        if manifest.get("spec") == spec.to_dict():
+            total += int(manifest.get("rows", 0))
+    return total
+
+
+def _summary(spec: PoolSpec, collection: str, prepared: PreparedPool | None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "dataset": spec.dataset,
+        "embedder": spec.embedder,
+        "cot_version": spec.cot.folder,
+        "collection": collection,
+        "alias": alias_name(spec.dataset),
+    }
+    if prepared is not None:
+        out.update({"rows": prepared.rows, "reused_pool": prepared.reused, "stats": prepared.stats})
+    return out
