@@ -7,6 +7,13 @@ it in the Ray dashboard) followed by a **check** task that gates what the job pu
 | stage | job | artifact |
 |---|---|---|
 | `samples` | `python -m jobs.ingest` | `<dataset>/samples/dt=YYYY-MM-DD/` |
+| `cot` | `python -m jobs.generate_cot` | `<dataset>/cot/dt=YYYY-MM-DD/<model>__<prompt>/` |
+| `embed` | `python -m jobs.embed_upsert` | `<dataset>/embeddings/<embedder>/pool/dt=.../` + Qdrant |
+| `neighbors` | `python -m jobs.retrieve` | `<dataset>/neighbors/dt=YYYY-MM-DD/` |
+| `recommender` | `python -m jobs.train_rec` (every `retrain_every_days`) | `models/rec/<model>-<variant>/<version>/` |
+
+The recommender is published only if its validation AUC is not worse than the current model's
+beyond `rec.publish_tolerance` (the `evaluate` task reports the decision).
 
 **Partition**: scheduled and backfill runs process their logical date (= the start of their
 data interval). Manual runs take the `partition` param, else the logical date picked in the
@@ -44,18 +51,23 @@ from llmcf_core.paths import InvalidArgument
 
 SETTINGS = load_config()
 AF = SETTINGS.airflow
-STAGES = ["samples"]
+STAGES = ["samples", "cot", "embed", "neighbors", "recommender"]
 
 PARTITION = "{{ ti.xcom_pull(task_ids='resolve_partition') }}"
 DATASET = "{{ params.dataset }}"
 # Jobs see the same data root and profile as this DAG's check tasks.
 JOB_ENV = {"env_vars": job_env_vars(SETTINGS)}
 
-samples_asset = Asset(
-    name="llmcf_samples",
-    uri=f"file://{SETTINGS.home}/samples",
-    extra={"layout": "<dataset>/samples/dt=YYYY-MM-DD/"},
-)
+
+def _asset(name: str, layout: str) -> Asset:
+    return Asset(name=f"llmcf_{name}", uri=f"file://{SETTINGS.home}/{name}", extra={"layout": layout})
+
+
+samples_asset = _asset("samples", "<dataset>/samples/dt=YYYY-MM-DD/")
+cot_asset = _asset("cot", "<dataset>/cot/dt=YYYY-MM-DD/<model_version>__<prompt_version>/")
+pool_asset = _asset("pool", "<dataset>/embeddings/<embedder>/pool/dt=YYYY-MM-DD/ + Qdrant alias")
+neighbors_asset = _asset("neighbors", "<dataset>/neighbors/dt=YYYY-MM-DD/")
+rec_asset = _asset("rec_model", "models/rec/<model>-<variant>/<version>/")
 
 
 def _utc(day: dt.date) -> dt.datetime:
@@ -76,14 +88,27 @@ def _deadline() -> DeadlineAlert | None:
     )
 
 
-def _gate(artifact_folder, partition: str) -> dict:
-    """Fail (without retries) unless the job published the partition with passing checks."""
-    from llmcf_core.storage import read_manifest
-
+def _gate(verify, *args, **kwargs) -> dict:
+    """Run a stage's verify function; any refusal fails the task without retries."""
     try:
-        return verify_published(read_manifest(artifact_folder), str(artifact_folder), partition)
-    except InvalidArgument as exc:
+        return verify(*args, **kwargs)
+    except (InvalidArgument, FileNotFoundError, ValueError) as exc:
         raise AirflowFailException(str(exc)) from exc
+
+
+def _ray_job(task_id: str, stage: str, job: str, args: list[str], doc: str) -> RayJobOperator:
+    return RayJobOperator(
+        task_id=task_id,
+        stage=stage,
+        job=job,
+        job_args=["--dataset", DATASET, "--partition", PARTITION, *args],
+        partition=PARTITION,
+        runtime_env=JOB_ENV,
+        force="{{ params.force }}",
+        pool=AF.pool_cpu,
+        trigger_rule="none_failed",  # runs when an earlier stage was deselected (skipped)
+        doc_md=doc,
+    )
 
 
 with DAG(
@@ -127,6 +152,26 @@ with DAG(
             title="Stages to run",
             description="Stages not listed are skipped (their outputs must already exist).",
         ),
+        "cot_model": Param(
+            SETTINGS.cot.model,
+            type="string",
+            title="CoT model",
+            description="Base model name (smollm2-135m, tiny-llama), a model folder, recgen:latest or "
+            "recgen:<version>.",
+        ),
+        "cot_backend": Param(
+            SETTINGS.cot.backend,
+            type="string",
+            enum=["transformers", "vllm"],
+            title="CoT backend",
+            description="transformers (CPU or GPU) or vllm (GPU workers only).",
+        ),
+        "rec_model": Param(
+            AF.rec_model,
+            type="string",
+            enum=["DIN", "DeepFM", "DCN", "DCNv2", "AutoInt", "xDeepFM"],
+            title="Recommender backbone",
+        ),
         "force": Param(
             False,
             type="boolean",
@@ -147,27 +192,132 @@ with DAG(
 
     part = resolve_partition()
 
-    with TaskGroup("samples", tooltip="Build, check and publish the day's samples") as samples:
-        ingest = RayJobOperator(
-            task_id="ingest",
-            stage="samples",
-            job="ingest",
-            job_args=["--dataset", DATASET, "--partition", PARTITION],
-            partition=PARTITION,
-            runtime_env=JOB_ENV,
-            force="{{ params.force }}",
-            pool=AF.pool_cpu,
-            doc_md="Ray job `python -m jobs.ingest`: builds the partition from the raw logs, runs the "
-            "GX suites (items, interactions, samples) and publishes atomically; quarantines on failure.",
+    with TaskGroup("samples", tooltip="Build, check and publish the day's samples"):
+        ingest = _ray_job(
+            "ingest",
+            "samples",
+            "ingest",
+            [],
+            "Ray job `python -m jobs.ingest`: builds the partition from the raw logs, runs the GX suites "
+            "(items, interactions, samples) and publishes atomically; quarantines on failure.",
         )
 
         @task(outlets=[samples_asset], retries=0)
         def check_samples(partition: str) -> dict:
             """Gate: the samples partition is published and its recorded checks passed."""
             from llmcf_core.paths import DataPaths, parse_partition
+            from llmcf_core.storage import read_manifest
 
             params = get_current_context()["params"]
             folder = DataPaths(SETTINGS.home, params["dataset"]).samples(parse_partition(partition))
-            return _gate(folder, partition)
+            return _gate(lambda: verify_published(read_manifest(folder), str(folder), partition))
 
-        part >> ingest >> check_samples(part)
+        samples_checked = check_samples(part)
+        part >> ingest >> samples_checked
+
+    with TaskGroup("cot", tooltip="Chain-of-thought texts for the day's training samples"):
+        generate_cot = _ray_job(
+            "generate_cot",
+            "cot",
+            "generate_cot",
+            ["--model", "{{ params.cot_model }}", "--backend", "{{ params.cot_backend }}"],
+            "Ray job `python -m jobs.generate_cot`: batched generation on a Ray Data actor pool (or vLLM), "
+            "resumable by blocks; GX-checked before publishing; moves `cot/CURRENT`.",
+        )
+
+        @task(outlets=[cot_asset], retries=0)
+        def check_cot(partition: str) -> dict:
+            """Gate: the day's current CoT version is published with passing checks."""
+            from llmcf_core.cot.layout import verify_cot_published
+
+            params = get_current_context()["params"]
+            return _gate(verify_cot_published, SETTINGS.home, params["dataset"], partition)
+
+        samples_checked >> generate_cot
+        cot_checked = check_cot(part)
+        generate_cot >> cot_checked
+
+    with TaskGroup("embed", tooltip="Embed the CoT pool and upsert it into Qdrant"):
+        embed_upsert = _ray_job(
+            "embed_upsert",
+            "embed",
+            "embed_upsert",
+            [],
+            "Ray job `python -m jobs.embed_upsert`: sentence-encoder embeddings on Ray Data, idempotent "
+            "upserts (UUID5 ids) into the collection behind alias `llmcf_<dataset>`, count-checked.",
+        )
+
+        @task(outlets=[pool_asset], retries=0)
+        def check_pool(partition: str) -> dict:
+            """Gate: pool embeddings published, checks and Qdrant counts passed."""
+            from llmcf_core.retrieval.gates import verify_pool_published
+
+            params = get_current_context()["params"]
+            return _gate(verify_pool_published, SETTINGS, params["dataset"], partition)
+
+        cot_checked >> embed_upsert
+        pool_checked = check_pool(part)
+        embed_upsert >> pool_checked
+
+    with TaskGroup("neighbors", tooltip="Leakage-safe in-context examples for every sample of the day"):
+        retrieve = _ray_job(
+            "retrieve",
+            "neighbors",
+            "retrieve",
+            [],
+            "Ray job `python -m jobs.retrieve`: K label-balanced earlier examples per sample (exact), "
+            "leakage rules verified, agreement with Qdrant measured, padded share bounded.",
+        )
+
+        @task(outlets=[neighbors_asset], retries=0)
+        def check_neighbors(partition: str) -> dict:
+            """Gate: neighbours published with passing checks (leakage rules included)."""
+            from llmcf_core.retrieval.gates import verify_neighbors_published
+
+            params = get_current_context()["params"]
+            return _gate(verify_neighbors_published, SETTINGS, params["dataset"], partition)
+
+        pool_checked >> retrieve
+        neighbors_checked = check_neighbors(part)
+        retrieve >> neighbors_checked
+
+    with TaskGroup("recommender", tooltip="Retrain, evaluate and (maybe) publish the recommender"):
+
+        @task.short_circuit(ignore_downstream_trigger_rules=False)
+        def due_for_retrain(partition: str) -> bool:
+            """True every `retrain_every_days`-th day from start_date (and when forced)."""
+            from llmcf_core.paths import parse_partition
+
+            params = get_current_context()["params"]
+            age = (parse_partition(partition) - AF.start_date).days
+            return bool(params.get("force")) or age % AF.retrain_every_days == 0
+
+        train_rec = _ray_job(
+            "train_rec",
+            "recommender",
+            "train_rec",
+            ["--model", "{{ params.rec_model }}", "--variant", AF.rec_variant, "--warm-start"],
+            "Ray job `python -m jobs.train_rec`: Ray Train (DDP) on samples + neighbours + CoT embeddings "
+            "up to this day, warm-started from the published model; early stopping on validation AUC.",
+        )
+        train_rec.trigger_rule = "all_success"
+
+        @task(outlets=[rec_asset], retries=0)
+        def evaluate(partition: str) -> dict:
+            """Publish gate: publish only if validation AUC is not worse than the current model's."""
+            from llmcf_core.rec.registry import publish_partition
+
+            params = get_current_context()["params"]
+            decision = _gate(
+                publish_partition,
+                SETTINGS.home,
+                params["dataset"],
+                params["rec_model"],
+                AF.rec_variant,
+                partition,
+                tolerance=SETTINGS.rec.publish_tolerance,
+            )
+            return decision.to_dict()
+
+        due = due_for_retrain(part)
+        neighbors_checked >> due >> train_rec >> evaluate(part)

@@ -36,29 +36,59 @@ def _airflow_home() -> Path:
     return Path(os.environ.get("AIRFLOW_HOME") or REPO_ROOT / ".airflow").resolve()
 
 
+def _stage_rows(settings, dataset: str, day: dt.date) -> dict[str, str]:
+    """Rows published by each stage for one day ('-' where nothing is published)."""
+    from llmcf_core.cot.layout import read_current, version_dir
+    from llmcf_core.retrieval.layout import RetrievalPaths
+
+    paths = DataPaths(settings.home, dataset)
+    rpaths = RetrievalPaths(settings.home, dataset, settings.embedding.embedder)
+    current = read_current(paths)
+    folders = {
+        "samples": paths.samples(day),
+        "cot": version_dir(paths, day, current["model_version"], current["prompt_version"])
+        if current
+        else None,
+        "pool": rpaths.pool(day),
+        "neighbors": paths.partition("neighbors", day),
+    }
+    out = {}
+    for stage, folder in folders.items():
+        manifest = storage.read_manifest(folder) if folder is not None else None
+        out[stage] = str(manifest["rows"]) if manifest else "-"
+    return out
+
+
 def _report(days: list[dt.date], dataset: str, outcomes: dict[str, str]) -> int:
     settings = load_config()
     paths = DataPaths(settings.home, dataset)
     failures = 0
-    print(f"\n{'partition':<12} {'run':<8} {'rows':>6} {'split':<6} {'checks':<24} path")
+    print(f"\n{'partition':<12} {'run':<8} {'samples':>8} {'CoTs':>6} {'pool':>6} {'neighbors':>10}")
     for day in days:
-        folder = paths.samples(day)
-        manifest = storage.read_manifest(folder)
         outcome = outcomes[day.isoformat()]
-        if manifest is None or outcome != "success":
-            failures += 1
-            print(f"{day.isoformat():<12} {outcome:<8} {'-':>6} {'-':<6} {'-':<24} (nothing published)")
-            continue
-        checks = manifest.get("checks", {})
-        passed = f"{checks.get('evaluated', '?')} rules passed" if checks.get("success") else "FAILED"
-        split = storage.read_partition(folder, ["split"]).column("split")
-        split_name = split[0].as_py() if len(split) else "-"
+        failures += outcome != "success"
+        rows = _stage_rows(settings, dataset, day)
         print(
-            f"{day.isoformat():<12} {outcome:<8} {manifest['rows']:>6} {split_name:<6} {passed:<24} {folder}"
+            f"{day.isoformat():<12} {outcome:<8} {rows['samples']:>8} {rows['cot']:>6} {rows['pool']:>6} "
+            f"{rows['neighbors']:>10}"
+        )
+    manifest = storage.read_manifest(paths.samples(days[-1]))
+    if manifest:
+        checks = manifest.get("checks", {})
+        print(
+            f"samples checks ({days[-1]}): {checks.get('evaluated', '?')} GX rules, success={checks.get('success')}"
         )
     items = storage.read_manifest(paths.items)
     if items:
         print(f"items table: {items['rows']} items at {paths.items}")
+    rec_root = settings.home / "models" / "rec"
+    for pointer in sorted(rec_root.glob("*/latest-*")) if rec_root.is_dir() else []:
+        print(f"recommender published: {pointer.parent.name} -> {pointer.read_text().strip()[:200]}")
+    for metrics in sorted(rec_root.glob("*/*/metrics.json")) if rec_root.is_dir() else []:
+        data = json.loads(metrics.read_text())
+        keys = {k: v for k, v in data.items() if isinstance(v, int | float) and "auc" in k.lower()}
+        print(f"recommender {metrics.parent.parent.name}/{metrics.parent.name}: {keys}")
+    print(f"data root: {settings.home}/{dataset}/")
     return failures
 
 

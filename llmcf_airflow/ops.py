@@ -151,13 +151,16 @@ class AirflowAPI:
         }
         return self.request("POST", f"/dags/{dag_id}/clearTaskInstances", json=body)
 
-    def backfill(self, dag_id: str, first: str, last: str, max_active_runs: int = 1) -> dict:
+    def backfill(
+        self, dag_id: str, first: str, last: str, max_active_runs: int = 1, conf: dict | None = None
+    ) -> dict:
         body = {
             "dag_id": dag_id,
             "from_date": _day(first),
             "to_date": _day(last),
             "reprocess_behavior": "failed",
             "max_active_runs": max_active_runs,
+            "dag_run_conf": conf or {},
         }
         return self.request("POST", "/backfills", json=body)
 
@@ -197,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("failed", help="list failed partitions and their failed tasks")
     p = sub.add_parser("trigger", help="trigger one partition and wait for it")
     p.add_argument("partition")
+    p.add_argument(
+        "--conf",
+        type=json.loads,
+        default={},
+        help='run conf (params) as JSON, e.g. \'{"stages": ["samples"]}\'',
+    )
     p.add_argument("--no-wait", action="store_true")
     p = sub.add_parser("clear", help="re-run only the failed tasks of one partition")
     p.add_argument("partition")
@@ -205,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("first")
     p.add_argument("last")
     p.add_argument("--max-active-runs", type=int, default=1)
+    p.add_argument("--conf", type=json.loads, default={}, help="run conf (params) of the new runs, as JSON")
     args = parser.parse_args(argv)
 
     api = AirflowAPI.from_env()
@@ -219,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         if not rows:
             print("no failed runs")
     elif args.cmd == "trigger":
-        run = api.trigger(args.dag, args.partition)
+        run = api.trigger(args.dag, args.partition, args.conf)
         print(f"triggered {run['dag_run_id']}")
         if not args.no_wait:
             print(api.wait_for_run(args.dag, run["dag_run_id"]))
@@ -228,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         tis = [t["task_id"] for t in result.get("task_instances", [])]
         print(f"{'would clear' if args.dry_run else 'cleared'} {len(tis)} task(s): {', '.join(tis) or '-'}")
     elif args.cmd == "backfill":
-        result = api.backfill(args.dag, args.first, args.last, args.max_active_runs)
+        result = api.backfill(args.dag, args.first, args.last, args.max_active_runs, args.conf)
         print(f"backfill {result['id']} created for {args.first} .. {args.last} (reprocess failed)")
     return 0
 

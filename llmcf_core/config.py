@@ -83,11 +83,16 @@ class AirflowConfig(_Strict):
     deadline_hours: float = Field(0.0, ge=0)
     # Optional HTTP connection whose host receives a JSON post for each failure.
     alert_conn_id: str = "llmcf_alerts"
+    # Which recommender llmcf_refresh retrains, and how often (every N-th day partition, counted
+    # from start_date; 1 = every day).
+    rec_model: str = "DIN"
+    rec_variant: str = "llmcf"
+    retrain_every_days: int = Field(7, ge=1)
 
 
 class DemoConfig(_Strict):
     dataset: str = "ml-100k"
-    first_day: dt.date = dt.date(1998, 1, 14)
+    first_day: dt.date = dt.date(1998, 1, 15)
     days: int = Field(3, ge=1)
 
 

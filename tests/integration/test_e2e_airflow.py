@@ -11,6 +11,7 @@ REST). Every partition must then equal what a clean run publishes, with no dupli
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import uuid
@@ -27,6 +28,9 @@ from llmcf_core.paths import DataPaths, day_bounds
 pytestmark = [pytest.mark.airflow, pytest.mark.ray, pytest.mark.slow]
 
 DAG_ID = "llmcf_refresh"
+# The ingest stage only: the later stages have their own job tests, and CoT generation on CPU
+# would make this test several times slower.
+CONF = {"stages": ["samples"]}
 DAYS = [dt.date(2024, 5, 1), dt.date(2024, 5, 2), dt.date(2024, 5, 3)]
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
 
@@ -180,14 +184,14 @@ def test_trigger_fail_repair_clear_backfill(deployment):
     api.unpause(DAG_ID)
 
     # D1: a clean partition through the scheduler, triggered over REST.
-    run = api.trigger(DAG_ID, DAYS[0].isoformat())
+    run = api.trigger(DAG_ID, DAYS[0].isoformat(), CONF)
     assert api.wait_for_run(DAG_ID, run["dag_run_id"], timeout=300) == "success"
     assert storage.read_manifest(paths.samples(DAYS[0]))["rows"] == 15
 
     # D2, D3: corrupted input fails at the data check, once (no retries), publishing nothing.
     _corrupt(inter).to_csv(deployment["inputs"] / "interactions.csv", index=False)
     for day in DAYS[1:]:
-        run = api.trigger(DAG_ID, day.isoformat())
+        run = api.trigger(DAG_ID, day.isoformat(), CONF)
         assert api.wait_for_run(DAG_ID, run["dag_run_id"], timeout=300) == "failed"
         tis = {t["task_id"]: t for t in api.task_instances(DAG_ID, run["dag_run_id"])}
         assert tis["samples.ingest"]["state"] == "failed"
@@ -216,7 +220,16 @@ def test_trigger_fail_repair_clear_backfill(deployment):
 
     # D3 (failed) plus everything else in the range: a backfill with reprocess-behavior=failed.
     out = subprocess.run(
-        [os.sys.executable, "-m", "llmcf_airflow.ops", "backfill", DAYS[0].isoformat(), DAYS[-1].isoformat()],
+        [
+            os.sys.executable,
+            "-m",
+            "llmcf_airflow.ops",
+            "backfill",
+            DAYS[0].isoformat(),
+            DAYS[-1].isoformat(),
+            "--conf",
+            json.dumps(CONF),
+        ],
         env=ops_env,
         check=True,
         capture_output=True,
