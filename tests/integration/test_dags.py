@@ -48,7 +48,7 @@ def test_dags_import_cleanly_fast_and_light(af_env):
     ).stdout
     info = json.loads(out.strip().splitlines()[-1])
     assert info["errors"] == {}
-    assert "llmcf_refresh" in info["dags"]
+    assert {"llmcf_refresh", "llmcf_recgen", "llmcf_qdrant_admin"} <= set(info["dags"])
     assert {"resolve_partition", "samples.ingest", "samples.check_samples"} <= set(
         info["dags"]["llmcf_refresh"]
     )
@@ -77,3 +77,15 @@ def test_dag_run_ingests_a_partition_through_ray(af_env, ray_head, llmcf_home):
     assert storage.read_manifest(folder)["rows"] == 298
     # The Ray job's own output reached the Airflow task log.
     assert "LLMCF_RESULT" in proc.stdout + proc.stderr
+
+
+def test_qdrant_admin_dag_reports_status(af_env, llmcf_home):
+    env = dict(af_env)
+    airflow_cli(["db", "migrate"], env, capture_output=True)
+    conf = json.dumps({"dataset": "ml-100k", "action": "status"})
+    proc = airflow_cli(
+        ["dags", "test", "llmcf_qdrant_admin", "-c", conf], env, check=False, capture_output=True, text=True
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "llmcf_ml-100k" in out  # the alias it reports on
