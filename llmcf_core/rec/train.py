@@ -109,7 +109,7 @@ class LocalIO:
 
     def load_state(self) -> dict[str, Any] | None:
         path = self.run_dir / STATE_FILE
-        return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
     def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +162,7 @@ class RayIO:
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as folder:
-            return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+            return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
 
     def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
         import ray.train
@@ -497,4 +497,4 @@ def _fit_ray(
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {run_dir} finished without a checkpoint")
     with result.checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+        return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
