@@ -1,0 +1,154 @@
+"""RecGen fine-tuning throughput and memory: smollm2-135m (or any base) on N Ray Train CPU workers.
+
+    .venv/bin/python bench/recgen_sft.py --steps 6 --workers 2 --zero-stage 2
+    .venv/bin/python bench/recgen_sft.py --steps 60 --eval --eval-rec 200 --eval-general 40   # + balance table
+
+Uses its own data root (``--home``, default /tmp/llmcf-bench-recgen): ingests the ML-100K days it
+needs (the last ``--window-days`` train days before 1998-03-08, and ``--eval-days`` valid days),
+builds the instruction data (concat mix), fine-tunes with ``llmcf_core.llm.sft.finetune`` and
+reports what the workers measured: training tokens/s (non-padding tokens of all workers per second
+of the training loop, checkpoints included) and the peak RSS per worker. ``--eval`` also evaluates
+the candidate against the base model (the balance table of docs/recgen.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+TRAIN_END = dt.date(1998, 3, 7)  # ml-100k: valid_start 1998-03-08
+VALID_START = dt.date(1998, 3, 8)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--home", default="/tmp/llmcf-bench-recgen")
+    p.add_argument("--base-model", default="smollm2-135m")
+    p.add_argument("--window-days", type=int, default=7)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--rec-max", type=int, default=0)
+    p.add_argument("--general-max", type=int, default=2000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--zero-stage", type=int, default=2, choices=[2, 3])
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--micro-batch-size", type=int, default=2)
+    p.add_argument("--grad-accum", type=int, default=4)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--version", help="default: derived from the arguments (a rerun resumes)")
+    p.add_argument("--eval", action="store_true", help="evaluate against the base model afterwards")
+    p.add_argument("--eval-days", type=int, default=7)
+    p.add_argument("--eval-rec", type=int, default=200)
+    p.add_argument("--eval-general", type=int, default=40)
+    args = p.parse_args()
+
+    os.environ["LLMCF_HOME"] = args.home
+    Path(args.home).mkdir(parents=True, exist_ok=True)
+    from jobs import ingest
+    from llmcf_core import storage
+    from llmcf_core.config import load_config
+    from llmcf_core.llm import instructions, registry
+    from llmcf_core.llm.sft import FinetuneSpec, finetune
+    from llmcf_core.paths import DataPaths
+
+    load_config.cache_clear()
+    settings = load_config("local")
+    paths = DataPaths(settings.home, "ml-100k")
+    days = [TRAIN_END - dt.timedelta(days=i) for i in range(args.window_days)]
+    days += [VALID_START + dt.timedelta(days=i) for i in range(args.eval_days if args.eval else 0)]
+    for day in sorted(days):
+        if not storage.is_published(paths.samples(day)):
+            assert ingest.main(["--dataset", "ml-100k", "--partition", day.isoformat()]) == 0
+
+    t0 = time.perf_counter()
+    ispec = instructions.InstructionSpec.from_settings(
+        settings,
+        "ml-100k",
+        TRAIN_END,
+        window_days=args.window_days,
+        base_model=args.base_model,
+        max_length=args.max_length,
+        rec_max_examples=args.rec_max,
+        general_max_examples=args.general_max,
+    )
+    built = instructions.build_instructions(settings, ispec)
+    build_s = time.perf_counter() - t0
+    spec = FinetuneSpec.from_settings(
+        settings,
+        dataset="ml-100k",
+        window_end=TRAIN_END,
+        instructions_dir=built.path,
+        version=args.version,
+        base_model=args.base_model,
+        num_workers=args.workers,
+        cpus_per_worker=1,
+        zero_stage=args.zero_stage,
+        max_steps=args.steps,
+        micro_batch_size=args.micro_batch_size,
+        grad_accum=args.grad_accum,
+        lr=args.lr,
+        checkpoint_every=args.checkpoint_every,
+        log_every=1,
+        gradient_checkpointing=args.gradient_checkpointing,
+        bf16=args.bf16,
+    )
+    t1 = time.perf_counter()
+    out = finetune(settings, spec)
+    fit_s = time.perf_counter() - t1
+    meta = registry.read_metadata(registry.candidate_dir(settings.home, spec.version)) or {}
+    seg = (meta.get("segments") or [{}])[-1]
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "loadavg": os.getloadavg(),
+        "base_model": args.base_model,
+        "workers": args.workers,
+        "zero_stage": args.zero_stage,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "bf16": args.bf16,
+        "steps": out["final_step"],
+        "global_batch": spec.global_batch,
+        "max_length": args.max_length,
+        "instructions": {"version": built.version, **built.counts, "build_s": round(build_s, 1)},
+        "train_tokens": meta.get("train_tokens"),
+        "loop_seconds": seg.get("seconds"),
+        "tokens_per_s": seg.get("tokens_per_s"),
+        "s_per_step": round(seg["seconds"] / max(1, seg["end_step"] - seg["resumed_from_step"]), 2)
+        if seg
+        else None,
+        "peak_rss_mb_per_worker": seg.get("peak_memory_mb_per_worker"),
+        "fit_wall_s": round(fit_s, 1),
+        "losses": meta.get("losses"),
+        "version": spec.version,
+    }
+    if args.eval:
+        from llmcf_core.llm.evaluate import evaluate_candidate
+
+        ev = evaluate_candidate(
+            settings,
+            dataset="ml-100k",
+            window_end=TRAIN_END,
+            version=spec.version,
+            eval_days=args.eval_days,
+            rec_max=args.eval_rec,
+            general_max=args.eval_general,
+        )
+        report["balance"] = ev["metrics"]
+        report["gate"] = ev["gate"]
+        report["eval_set"] = ev["eval_set"]
+        print(Path(ev["balance_table"]).read_text())
+    print(json.dumps(report, indent=2, default=str))
+    import ray
+
+    ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

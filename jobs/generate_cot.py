@@ -1,0 +1,91 @@
+"""Ray job: generate, check and publish the chain-of-thought texts of one day partition.
+
+    python -m jobs.generate_cot --dataset ml-100k --partition 1998-01-15
+    python -m jobs.generate_cot --dataset ml-1m --partition 2000-12-01 --model recgen:latest --backend vllm
+    python -m jobs.generate_cot --dataset ml-100k --partition 1998-01-15 \
+        --set pool_fraction=0.1 --set max_new_tokens=128 --no-promote
+
+Reruns are cheap and safe: finished samples and committed blocks are kept (see docs/cot.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from jobs._cli import run_job
+
+
+def _overrides(pairs: list[str]) -> dict:
+    from llmcf_core.paths import InvalidArgument
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidArgument(f"--set expects KEY=VALUE, not {pair!r}")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def cot_settings(base, model: str | None, backend: str | None, promote: bool | None, pairs: list[str]):
+    """The ``cot`` config with command-line overrides applied and validated."""
+    from pydantic import ValidationError
+
+    from llmcf_core.config import CotConfig
+    from llmcf_core.paths import InvalidArgument
+
+    update = _overrides(pairs)
+    if model:
+        update["model"] = model
+    if backend:
+        update["backend"] = backend
+    if promote is not None:
+        update["promote"] = promote
+    try:
+        return CotConfig.model_validate({**base.model_dump(), **update})
+    except ValidationError as exc:
+        raise InvalidArgument(f"invalid cot settings: {exc}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.generate_cot", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, help="configured dataset, e.g. ml-100k")
+    parser.add_argument("--partition", required=True, help="UTC day, YYYY-MM-DD")
+    parser.add_argument("--model", help="recgen:latest, recgen:<version>, a base model name or a folder")
+    parser.add_argument("--backend", choices=["transformers", "vllm"], help="default: config cot.backend")
+    promote = parser.add_mutually_exclusive_group()
+    promote.add_argument(
+        "--promote", dest="promote", action="store_true", default=None, help="move cot/CURRENT"
+    )
+    promote.add_argument(
+        "--no-promote", dest="promote", action="store_false", help="leave cot/CURRENT as it is"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a cot config field (repeatable)",
+    )
+    parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
+    args = parser.parse_args(argv)
+
+    def body() -> dict:
+        from llmcf_core.config import load_config
+        from llmcf_core.cot.pipeline import generate_cot_partition
+        from llmcf_core.paths import check_dataset_name, parse_partition
+
+        day = parse_partition(args.partition)
+        dataset = check_dataset_name(args.dataset)
+        settings = load_config(args.profile)
+        cot = cot_settings(settings.cot, args.model, args.backend, args.promote, args.set)
+        return generate_cot_partition(settings, dataset, day, cot=cot).to_dict()
+
+    return run_job("generate_cot", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,396 @@
+"""CoT generation for one day partition: pool -> prompts -> blocks -> check -> publish -> CURRENT.
+
+1. Pool: the partition's train samples (a deterministic fraction of them if configured).
+2. Skip what exists: rows of the published version and of committed blocks are kept; only pool
+   samples without a successful row are generated (failed rows are retried unless
+   ``retry_failed`` is off). A killed run therefore redoes only unfinished blocks, and a rerun of
+   a finished partition generates nothing.
+3. Prompts are rendered in the driver (``prompt.py``, same code for both backends); a prompt
+   that cannot be built (unknown item, too long) becomes a failed row without reaching a model.
+4. Generation streams through Ray Data (transformers actor pool, or vLLM); the driver groups the
+   candidates of each block, keeps the best per sample (``score.py``) and commits the block.
+5. The merged table is checked (GX suite ``cot``); a failure quarantines the failing rows and
+   raises :class:`DataCheckFailed` (committed blocks stay for the rerun). Otherwise it is
+   published atomically into ``cot/dt=D/<model_version>__<prompt_version>/``, the blocks are
+   removed and ``cot/CURRENT`` moves to this version (``promote``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import shutil
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from llmcf_core import quality, storage
+from llmcf_core.config import CotConfig, Settings
+from llmcf_core.cot import layout
+from llmcf_core.cot.blocks import BlockStore, empty_table, merge_rows, to_table
+from llmcf_core.cot.check import check_cot
+from llmcf_core.cot.engine_hf import Decoding
+from llmcf_core.cot.pool import select_pool
+from llmcf_core.cot.prompt import PromptBuilder, effective_prompt_version, template, tokenizer_markers
+from llmcf_core.cot.score import FINISH_ERROR, Candidate, best_of
+from llmcf_core.paths import DataPaths, InvalidArgument
+
+log = logging.getLogger(__name__)
+
+# Resilience drill / tests: the process SIGKILLs itself after committing this many blocks.
+KILL_AFTER_BLOCKS_ENV = "LLMCF_COT_KILL_AFTER_BLOCKS"
+
+
+@dataclass
+class CotResult:
+    dataset: str
+    partition: str
+    path: str
+    model: str
+    model_version: str
+    prompt_version: str
+    backend: str
+    pool: int
+    generated: int  # samples sent to generation in this run
+    reused: int  # samples kept from the published version or committed blocks
+    failed: int  # rows recorded as failed in the published table
+    resumed_blocks: int  # committed blocks found at start
+    new_blocks: int
+    generated_tokens: int
+    generation_s: float
+    changed: bool
+    current_moved: bool
+    checks: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["tokens_per_s"] = (
+            round(self.generated_tokens / self.generation_s, 2) if self.generation_s else None
+        )
+        return out
+
+
+class BlockCommitter:
+    """Collects candidate rows per block; when a block is complete, keeps the best and commits it."""
+
+    def __init__(
+        self,
+        store: BlockStore,
+        plan: pd.DataFrame,
+        *,
+        n_candidates: int,
+        model_version: str,
+        prompt_version: str,
+        label_conditioned: bool,
+        min_chars: int,
+        forbidden: list[str],
+    ) -> None:
+        self.store = store
+        self.n_candidates = n_candidates
+        self.const = {"model_version": model_version, "prompt_version": prompt_version}
+        self.best_kwargs = {
+            "label_conditioned": label_conditioned,
+            "min_chars": min_chars,
+            "forbidden": forbidden,
+        }
+        self.members = {int(b): group for b, group in plan.groupby("block")}
+        ok = plan["prompt_error"].isna()
+        self.expected = (ok.groupby(plan["block"]).sum() * n_candidates).astype(int).to_dict()
+        self.pending: dict[int, list[pd.DataFrame]] = defaultdict(list)
+        self.received: dict[int, int] = defaultdict(int)
+        self.committed: list[int] = []
+        self.generated_tokens = 0
+        kill = os.environ.get(KILL_AFTER_BLOCKS_ENV, "").strip()
+        self.kill_after = int(kill) if kill else None
+
+    def commit_ready(self) -> None:
+        for block, expected in sorted(self.expected.items()):
+            if block not in self.committed and self.received[block] >= expected:
+                self._commit(block)
+
+    def add(self, candidates: pd.DataFrame) -> None:
+        for block, group in candidates.groupby("block"):
+            block = int(block)
+            self.pending[block].append(group)
+            self.received[block] += len(group)
+        self.commit_ready()
+
+    def finish(self) -> None:
+        self.commit_ready()
+        missing = sorted(set(self.expected) - set(self.committed))
+        if missing:
+            raise RuntimeError(f"generation ended with {len(missing)} incomplete blocks: {missing[:10]}")
+
+    def _commit(self, block: int) -> None:
+        members = self.members[block]
+        pending = self.pending.pop(block, [])
+        cands = pd.concat(pending, ignore_index=True) if pending else pd.DataFrame(columns=["sample_id"])
+        by_sample = {sid: _candidates(group) for sid, group in cands.groupby("sample_id")}
+        rows = []
+        for m in members.itertuples(index=False):
+            if isinstance(m.prompt_error, str):
+                best = {"cot_text": None, "n_tokens": 0, "finish_reason": FINISH_ERROR, "score": None}
+                best["error"] = m.prompt_error
+            else:
+                found = by_sample.get(m.sample_id, [])
+                if len(found) < self.n_candidates:
+                    raise RuntimeError(
+                        f"block {block}: {m.sample_id} has {len(found)} of {self.n_candidates} candidates"
+                    )
+                self.generated_tokens += sum(c.n_tokens for c in found)
+                best = best_of(found, label=int(m.label), terms=list(m.target_terms), **self.best_kwargs)
+            rows.append({"sample_id": m.sample_id, "label": int(m.label), **self.const, **best})
+        path = self.store.write(block, to_table(pd.DataFrame(rows)))
+        self.committed.append(block)
+        log.info("committed block %d (%d samples) -> %s", block, len(rows), path.name)
+        if self.kill_after is not None and len(self.committed) >= self.kill_after:
+            log.warning("%s=%d: killing this process now", KILL_AFTER_BLOCKS_ENV, self.kill_after)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _candidates(group: pd.DataFrame) -> list[Candidate]:
+    def text(value: Any) -> str | None:
+        return value if isinstance(value, str) else None
+
+    return [
+        Candidate(int(c.candidate), text(c.text), int(c.n_tokens), str(c.finish_reason), text(c.error))
+        for c in group.itertuples(index=False)
+    ]
+
+
+def _run_transformers(plan: pd.DataFrame, cfg: CotConfig, model_dir: str) -> Iterator[pd.DataFrame]:
+    """Candidate rows from a Ray Data actor pool running batched generate()."""
+    import ray
+
+    from llmcf_core.cot.engine_hf import TransformersGenerator
+    from llmcf_core.raycompute import ensure_ray
+
+    ensure_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    frames = [group for _, group in plan.loc[:, ["sample_id", "block", "prompt"]].groupby("block", sort=True)]
+    ds = ray.data.from_pandas(frames).map_batches(
+        TransformersGenerator,
+        fn_constructor_kwargs={
+            "model_dir": model_dir,
+            "decoding": Decoding.from_config(cfg).to_dict(),
+            "dtype": cfg.dtype,
+            "device": "cuda" if cfg.gpus_per_actor > 0 else "cpu",
+            "torch_threads": cfg.torch_threads,
+        },
+        batch_size=cfg.batch_size,
+        batch_format="pandas",
+        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+        num_cpus=cfg.cpus_per_actor,
+        num_gpus=cfg.gpus_per_actor or None,
+    )
+    yield from ds.iter_batches(batch_size=None, batch_format="pandas")
+
+
+def _eos_ids(tokenizer: Any, model_dir: str) -> list[int]:
+    from transformers import GenerationConfig
+
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    try:
+        value = GenerationConfig.from_pretrained(model_dir).eos_token_id
+    except OSError:
+        value = None
+    ids.update([value] if isinstance(value, int) else list(value or []))
+    return sorted(int(i) for i in ids)
+
+
+def candidates_stream(
+    plan: pd.DataFrame, cfg: CotConfig, model_dir: str, tokenizer: Any
+) -> Iterable[pd.DataFrame]:
+    work = plan[plan["prompt_error"].isna()]
+    if work.empty:
+        return []
+    if cfg.backend == "vllm":
+        from llmcf_core.cot.engine_vllm import run_vllm
+
+        return run_vllm(work, cfg, model_dir, _eos_ids(tokenizer, model_dir))
+    return _run_transformers(work, cfg, model_dir)
+
+
+def _read_published(folder) -> Any:
+    return storage.read_partition(folder) if storage.is_published(folder) else empty_table()
+
+
+def _generate(
+    todo: pd.DataFrame,
+    paths: DataPaths,
+    cfg: CotConfig,
+    ref: layout.ModelRef,
+    tokenizer: Any,
+    store: BlockStore,
+    mv: str,
+    pv: str,
+    forbidden: list[str],
+) -> tuple[int, int, float]:
+    """Prompts for ``todo``, generation, block commits; (new blocks, generated tokens, seconds)."""
+    items = storage.read_partition(paths.items, columns=["item_id", "title", "genres", "text"]).to_pandas()
+    builder = PromptBuilder(
+        tokenizer,
+        items,
+        prompt_version=cfg.prompt_version,
+        label_conditioned=cfg.label_conditioned,
+        history_items=cfg.prompt_history_items,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+    )
+    plan = builder.build(todo)
+    first = store.next_index()
+    plan["block"] = [first + i // cfg.block_size for i in range(len(plan))]
+    committer = BlockCommitter(
+        store,
+        plan,
+        n_candidates=Decoding.from_config(cfg).candidates,
+        model_version=mv,
+        prompt_version=pv,
+        label_conditioned=cfg.label_conditioned,
+        min_chars=cfg.min_cot_chars,
+        forbidden=forbidden,
+    )
+    committer.commit_ready()  # blocks whose prompts all failed need no model
+    started = time.perf_counter()
+    for candidates in candidates_stream(plan, cfg, str(ref.path), tokenizer):
+        committer.add(candidates)
+    committer.finish()
+    return len(committer.committed), committer.generated_tokens, time.perf_counter() - started
+
+
+def generate_cot_partition(
+    settings: Settings,
+    dataset: str,
+    day: dt.date,
+    *,
+    cot: CotConfig | None = None,
+) -> CotResult:
+    """Generate, check and publish the CoTs of one day partition (see the module docstring)."""
+    cfg = cot or settings.cot
+    paths = DataPaths(settings.home, dataset)
+    partition = day.isoformat()
+    samples_dir = paths.samples(day)
+    if not storage.is_published(samples_dir):
+        raise InvalidArgument(
+            f"samples of {dataset} dt={partition} are not published ({samples_dir}): run jobs.ingest"
+        )
+    if not storage.is_published(paths.items):
+        raise InvalidArgument(f"items of {dataset} are not published ({paths.items}): run jobs.ingest")
+    template(cfg.prompt_version)  # unknown versions fail before any work
+    ref = layout.resolve_cot_model(cfg.model, settings.home)
+    mv, pv = ref.model_version, effective_prompt_version(cfg.prompt_version, cfg.label_conditioned)
+    final_dir = layout.version_dir(paths, day, mv, pv)
+    store = BlockStore(layout.blocks_dir(paths, day, mv, pv))
+
+    pool = select_pool(storage.read_partition(samples_dir).to_pandas(), cfg.pool_fraction)
+    published = _read_published(final_dir)
+    resumed_blocks = len(store.files())
+    existing = merge_rows(published, store.read())
+    keep = existing if not cfg.retry_failed else existing[existing["error"].isna()]
+    todo = pool[~pool["sample_id"].isin(set(keep["sample_id"]))]
+    log.info(
+        "cot %s dt=%s %s__%s: pool %d, reused %d, to generate %d (%d committed blocks)",
+        dataset,
+        partition,
+        mv,
+        pv,
+        len(pool),
+        len(pool) - len(todo),
+        len(todo),
+        resumed_blocks,
+    )
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ref.path)
+    forbidden = [*template(cfg.prompt_version).markers, *tokenizer_markers(tokenizer)]
+    new_blocks, generated_tokens, generation_s = 0, 0, 0.0
+    if len(todo):
+        new_blocks, generated_tokens, generation_s = _generate(
+            todo, paths, cfg, ref, tokenizer, store, mv, pv, forbidden
+        )
+
+    rows = merge_rows(published, store.read())
+    rows = rows.set_index("sample_id").reindex(pool["sample_id"]).reset_index()
+    missing = rows["model_version"].isna()
+    if missing.any():  # cannot happen unless a block was lost: fail retryably, keep the blocks
+        raise RuntimeError(
+            f"{int(missing.sum())} pool samples have no CoT row, e.g. {rows['sample_id'][missing].iloc[0]}"
+        )
+    table = to_table(rows)
+    frame = table.to_pandas()
+    report = check_cot(
+        frame,
+        dataset=dataset,
+        partition=day,
+        pool_labels=dict(zip(pool["sample_id"], pool["label"].astype(int), strict=True)),
+        model_version=mv,
+        prompt_version=pv,
+        max_new_tokens=cfg.max_new_tokens,
+        min_chars=cfg.min_cot_chars,
+        max_failure_rate=cfg.max_failure_rate,
+        forbidden=forbidden,
+    )
+    quarantine = paths.quarantine("cot", day)
+    if not report.success:
+        bad = quality.failing_rows(frame, report).head(settings.quality.quarantine_max_rows)
+        storage.write_quarantine(_to_arrow_lenient(bad), quarantine, report.to_dict())
+        log.error("cot check failed; quarantined %d rows at %s; committed blocks kept", len(bad), quarantine)
+        raise quality.DataCheckFailed(report)
+
+    failed = int(frame["error"].notna().sum())
+    published_result = storage.publish_table(
+        table,
+        final_dir,
+        {
+            "dataset": dataset,
+            "partition": partition,
+            "checks": report.to_dict(),
+            "model": ref.spec,
+            "model_version": mv,
+            "prompt_version": pv,
+            "label_conditioned": cfg.label_conditioned,
+            "pool_fraction": cfg.pool_fraction,
+            "backend": cfg.backend,
+            "decoding": Decoding.from_config(cfg).to_dict(),
+            "failed_rows": failed,
+        },
+    )
+    store.clear()
+    shutil.rmtree(quarantine, ignore_errors=True)
+    moved = layout.write_current(paths, mv, pv) if cfg.promote else False
+    return CotResult(
+        dataset=dataset,
+        partition=partition,
+        path=str(published_result.path),
+        model=ref.spec,
+        model_version=mv,
+        prompt_version=pv,
+        backend=cfg.backend,
+        pool=len(pool),
+        generated=len(todo),
+        reused=len(pool) - len(todo),
+        failed=failed,
+        resumed_blocks=resumed_blocks,
+        new_blocks=new_blocks,
+        generated_tokens=generated_tokens,
+        generation_s=round(generation_s, 3),
+        changed=published_result.changed,
+        current_moved=moved,
+        checks={"cot": report.success},
+    )
+
+
+def _to_arrow_lenient(frame: pd.DataFrame) -> Any:
+    """Quarantined rows as Arrow; odd cells as text where Arrow refuses them."""
+    import pyarrow as pa
+
+    try:
+        return pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+        return pa.Table.from_pandas(frame.reset_index(drop=True).astype(str), preserve_index=False)

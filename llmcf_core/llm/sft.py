@@ -1,0 +1,356 @@
+"""RecGen fine-tuning driver: full-parameter SFT with DeepSpeed on Ray Train workers.
+
+``finetune(settings, spec)`` starts a ``TorchTrainer`` whose workers run
+:func:`llmcf_core.llm.sft_worker.train_loop_per_worker`. The Ray Train run is named after the
+model version and stored under ``recgen.storage_path`` (default ``$LLMCF_HOME/models/recgen/_runs``):
+running the same version again (an Airflow retry, a manual rerun after a crash) resumes from its
+last checkpoint instead of starting over. The result is a candidate model folder
+``<home>/models/recgen/_candidates/<version>/`` that the evaluation job gates and the registry
+publishes.
+
+DeepSpeed configs are ``configs/deepspeed/zero{2,3}.json``; their ``"auto"`` values are filled
+here from the run's settings. On CPUs DeepSpeed JIT-compiles a comm op once (~70 s) into
+``TORCH_EXTENSIONS_DIR`` (default ``<repo>/.cache/torch_extensions``), so later runs skip it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmcf_core import storage
+from llmcf_core.config import CONFIG_DIR, REPO_ROOT, Settings
+from llmcf_core.llm import registry
+from llmcf_core.paths import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TORCH_EXTENSIONS_DIR = REPO_ROOT / ".cache" / "torch_extensions"
+
+
+def torch_extensions_dir() -> str:
+    return os.environ.get("TORCH_EXTENSIONS_DIR") or str(DEFAULT_TORCH_EXTENSIONS_DIR)
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    """One fine-tuning run. ``version`` names the run, its checkpoints and the candidate model."""
+
+    dataset: str
+    window_end: dt.date
+    base_model: str
+    instructions_dir: Path
+    version: str
+    num_workers: int
+    cpus_per_worker: float
+    use_gpu: bool
+    zero_stage: int
+    bf16: bool
+    micro_batch_size: int
+    grad_accum: int
+    lr: float
+    weight_decay: float
+    warmup_ratio: float
+    grad_clip: float
+    epochs: float
+    max_steps: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    max_failures: int
+    storage_path: str | None
+    seed: int
+    gradient_checkpointing: bool = False
+    log_every: int = 10
+    fail_after_step: int | None = None  # tests: a worker dies right after this step's checkpoint
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        dataset: str,
+        window_end: dt.date,
+        instructions_dir: Path,
+        version: str | None = None,
+        **overrides: Any,
+    ) -> FinetuneSpec:
+        rc = settings.recgen
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in rc.model_dump().items() if k in names}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        values.update(dataset=dataset, window_end=window_end, instructions_dir=Path(instructions_dir))
+        if values["use_gpu"]:
+            values["bf16"] = True
+        if values["zero_stage"] not in (2, 3):
+            raise InvalidArgument(f"ZeRO stage must be 2 or 3, not {values['zero_stage']}")
+        if values["num_workers"] < 1 or values["micro_batch_size"] < 1 or values["grad_accum"] < 1:
+            raise InvalidArgument("workers, micro batch size and gradient accumulation must be >= 1")
+        values["version"] = version or default_version(values)
+        registry.check_version(values["version"])
+        return cls(**values)
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch_size * self.grad_accum * self.num_workers
+
+
+def default_version(values: dict[str, Any]) -> str:
+    """Deterministic, so a retried task reuses the run (and its checkpoints)."""
+    keys = (
+        "base_model",
+        "instructions_dir",
+        "num_workers",
+        "zero_stage",
+        "bf16",
+        "micro_batch_size",
+        "grad_accum",
+        "lr",
+        "weight_decay",
+        "warmup_ratio",
+        "grad_clip",
+        "epochs",
+        "max_steps",
+        "seed",
+    )
+    digest = hashlib.sha256(json.dumps({k: values[k] for k in keys}, sort_keys=True, default=str).encode())
+    instr = Path(values["instructions_dir"]).name.split("-")[0]
+    return f"{values['dataset']}-{values['window_end']}-{instr}-{digest.hexdigest()[:8]}"
+
+
+def deepspeed_config(spec: FinetuneSpec, hidden_size: int) -> dict[str, Any]:
+    """``configs/deepspeed/zero<stage>.json`` with its "auto" values filled in for this run."""
+    config = json.loads((CONFIG_DIR / "deepspeed" / f"zero{spec.zero_stage}.json").read_text())
+    config["train_micro_batch_size_per_gpu"] = spec.micro_batch_size
+    config["gradient_accumulation_steps"] = spec.grad_accum
+    config["train_batch_size"] = spec.global_batch
+    config["gradient_clipping"] = spec.grad_clip
+    config["bf16"] = {"enabled": spec.bf16}
+    zero = config["zero_optimization"]
+    auto = {  # the values HF Trainer derives from the hidden size (fixed 2e8-element buckets cost GBs)
+        "reduce_bucket_size": hidden_size * hidden_size,
+        "allgather_bucket_size": hidden_size * hidden_size,
+        "stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
+        "stage3_param_persistence_threshold": 10 * hidden_size,
+    }
+    for key, value in list(zero.items()):
+        if value == "auto":
+            zero[key] = auto[key]
+    if not spec.use_gpu:
+        zero["overlap_comm"] = False  # no side streams on CPU
+    return config
+
+
+def total_steps(spec: FinetuneSpec, n_rows: int) -> int:
+    if spec.max_steps:
+        return spec.max_steps
+    return max(1, math.ceil(spec.epochs * n_rows / spec.global_batch))
+
+
+def worker_config(spec: FinetuneSpec, settings: Settings) -> dict[str, Any]:
+    """The plain dict every worker receives (picklable, no settings objects)."""
+    from transformers import AutoConfig
+
+    from llmcf_core.llm.models import resolve_model
+
+    try:
+        model_dir = resolve_model(spec.base_model, settings.home)
+    except FileNotFoundError as exc:
+        raise InvalidArgument(str(exc)) from None
+    manifest = storage.read_manifest(spec.instructions_dir)
+    if manifest is None:
+        raise InvalidArgument(f"{spec.instructions_dir} is not a published instruction artifact")
+    n_rows = int(manifest["rows"])
+    if n_rows < 1:
+        raise InvalidArgument(f"{spec.instructions_dir} has no rows")
+    steps = total_steps(spec, n_rows)
+    hidden = int(getattr(AutoConfig.from_pretrained(model_dir), "hidden_size", 1024))
+    metadata = {
+        "version": spec.version,
+        "run_name": spec.version,
+        "dataset": spec.dataset,
+        "base_model": spec.base_model,
+        "base_model_dir": str(model_dir),
+        "instructions": {
+            "path": str(spec.instructions_dir),
+            "version": manifest.get("version"),
+            "window": manifest.get("window"),
+            "mix": (manifest.get("spec") or {}).get("mix"),
+            "max_length": (manifest.get("spec") or {}).get("max_length"),
+            "counts": manifest.get("counts"),
+        },
+        "window_end": spec.window_end.isoformat(),
+        "train": {
+            "workers": spec.num_workers,
+            "use_gpu": spec.use_gpu,
+            "zero_stage": spec.zero_stage,
+            "bf16": spec.bf16,
+            "micro_batch_size": spec.micro_batch_size,
+            "grad_accum": spec.grad_accum,
+            "global_batch": spec.global_batch,
+            "lr": spec.lr,
+            "schedule": "cosine",
+            "warmup_ratio": spec.warmup_ratio,
+            "grad_clip": spec.grad_clip,
+            "epochs": spec.epochs,
+            "total_steps": steps,
+            "examples": n_rows,
+            "optimizer": "torch.optim.AdamW",
+        },
+        "versions": _library_versions(),
+    }
+    return {
+        "model_dir": str(model_dir),
+        "data_file": str(spec.instructions_dir / storage.PART_FILE),
+        "export_dir": str(registry.candidate_dir(settings.home, spec.version)),
+        "world_size": spec.num_workers,
+        "use_gpu": spec.use_gpu,
+        "zero_stage": spec.zero_stage,
+        "bf16": spec.bf16,
+        "micro_batch_size": spec.micro_batch_size,
+        "grad_accum": spec.grad_accum,
+        "lr": spec.lr,
+        "weight_decay": spec.weight_decay,
+        "total_steps": steps,
+        "warmup_steps": int(round(spec.warmup_ratio * steps)),
+        "checkpoint_every": spec.checkpoint_every,
+        "log_every": spec.log_every,
+        "seed": spec.seed,
+        "gradient_checkpointing": spec.gradient_checkpointing,
+        "fail_after_step": spec.fail_after_step,
+        "torch_extensions_dir": torch_extensions_dir(),
+        "run_dir": _local_run_dir(spec, settings),
+        "ds_config": deepspeed_config(spec, hidden),
+        "metadata": metadata,
+    }
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "deepspeed", "ray", "transformers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+def ensure_ray_with_dashboard(num_cpus: int) -> None:
+    """Join the job's cluster, or start a local Ray instance WITH its dashboard.
+
+    Ray Train 2.60's placement-group cleaner asks the State API (served by the dashboard) whether the
+    train controller is alive; on an instance without a dashboard it concludes "dead" and removes the
+    workers' placement group mid-run. Clusters and ``llmcf_core.localray`` heads have a dashboard;
+    ``llmcf_core.raycompute.ensure_ray`` starts local instances without one, hence this variant.
+    """
+    import ray
+
+    from llmcf_core.raycompute import ensure_ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address and not address.startswith(("http://", "https://")):
+        ensure_ray()
+        return
+    from llmcf_core.localray import free_ports
+
+    saved = os.environ.pop("RAY_ADDRESS", None)
+    try:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=free_ports(1)[0],
+            ignore_reinit_error=True,
+            log_to_driver=True,
+        )
+    finally:
+        if saved is not None:
+            os.environ["RAY_ADDRESS"] = saved
+
+
+def storage_path(spec: FinetuneSpec, settings: Settings) -> str:
+    return spec.storage_path or str(registry.runs_dir(settings.home))
+
+
+def _local_run_dir(spec: FinetuneSpec, settings: Settings) -> str | None:
+    """The run folder when storage is a filesystem path (scanned for unregistered checkpoints)."""
+    path = storage_path(spec, settings)
+    return None if "://" in path else str(Path(path) / spec.version)
+
+
+def finetune(settings: Settings, spec: FinetuneSpec) -> dict[str, Any]:
+    """Train (or resume, or reuse) the candidate model of ``spec.version``; returns its metadata summary."""
+    published = registry.version_dir(settings.home, spec.version)
+    if registry.is_model_dir(published):
+        log.info("version %s is already published at %s: nothing to train", spec.version, published)
+        return _summary(spec, published, reused=True)
+    cfg = worker_config(spec, settings)
+    candidate = Path(cfg["export_dir"])
+    done = registry.read_metadata(candidate)
+    if done and done.get("final_step") == cfg["total_steps"] and done.get("run_name") == spec.version:
+        log.info("candidate %s already finished (%d steps): reusing it", candidate, done["final_step"])
+        return _summary(spec, candidate, reused=True)
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", cfg["torch_extensions_dir"])
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from llmcf_core.llm.sft_worker import train_loop_per_worker
+
+    ensure_ray_with_dashboard(settings.ray.local_num_cpus)
+    resources = {"CPU": spec.cpus_per_worker}
+    if spec.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=cfg,
+        scaling_config=ScalingConfig(
+            num_workers=spec.num_workers, use_gpu=spec.use_gpu, resources_per_worker=resources
+        ),
+        torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=spec.version,
+            storage_path=storage_path(spec, settings),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=spec.max_failures),
+        ),
+    )
+    log.info(
+        "fine-tuning %s: %d workers, ZeRO-%d, %d steps",
+        spec.version,
+        spec.num_workers,
+        spec.zero_stage,
+        cfg["total_steps"],
+    )
+    trainer.fit()
+    if not registry.is_model_dir(candidate):
+        raise RuntimeError(f"training finished but no model was exported to {candidate}")
+    return _summary(spec, candidate, reused=False)
+
+
+def _summary(spec: FinetuneSpec, folder: Path, *, reused: bool) -> dict[str, Any]:
+    meta = registry.read_metadata(folder) or {}
+    losses = meta.get("losses") or []
+    segments = meta.get("segments") or []
+    return {
+        "version": spec.version,
+        "path": str(folder),
+        "reused": reused,
+        "final_step": meta.get("final_step"),
+        "first_loss": losses[0][1] if losses else None,
+        "last_loss": losses[-1][1] if losses else None,
+        "resumed_from_step": segments[-1]["resumed_from_step"] if segments else None,
+        "tokens_per_s": segments[-1].get("tokens_per_s") if segments else None,
+        "peak_memory_mb_per_worker": segments[-1].get("peak_memory_mb_per_worker") if segments else None,
+    }

@@ -1,0 +1,136 @@
+"""The vLLM backend's configuration, built as plain data on a machine without vLLM or a GPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pandas as pd
+import pytest
+
+from llmcf_core.config import CONFIG_DIR, load_config_file
+from llmcf_core.cot import engine_vllm
+from llmcf_core.cot.engine_hf import CANDIDATE_COLUMNS, Decoding
+from llmcf_core.paths import InvalidArgument
+
+
+@pytest.fixture
+def cluster_cot(monkeypatch, tmp_path):
+    monkeypatch.setenv("LLMCF_HOME", str(tmp_path))
+    return load_config_file(CONFIG_DIR / "cluster.yaml").cot
+
+
+def test_cluster_profile_builds_the_processor_config_without_vllm(cluster_cot):
+    assert cluster_cot.backend == "vllm" and cluster_cot.model == "recgen:latest"
+    kwargs = engine_vllm.processor_kwargs(cluster_cot, "/models/recgen/7")
+    assert kwargs["model_source"] == "/models/recgen/7"
+    assert (
+        kwargs["engine_kwargs"]["tensor_parallel_size"]
+        == cluster_cot.vllm_engine_kwargs["tensor_parallel_size"]
+    )
+    assert (
+        kwargs["engine_kwargs"]["max_model_len"] >= cluster_cot.max_prompt_tokens + cluster_cot.max_new_tokens
+    )
+    assert (
+        kwargs["concurrency"] == cluster_cot.vllm_concurrency
+        and kwargs["batch_size"] == cluster_cot.vllm_batch_size
+    )
+    assert kwargs["should_continue_on_error"] is True  # a failing request becomes a failed row
+    assert kwargs["chat_template_stage"] is False  # prompts arrive rendered by our own prompt code
+    assert "vllm" not in sys.modules
+
+
+def test_processor_config_is_accepted_by_ray(cluster_cot):
+    """Ray's config class validates without vLLM installed; skip where Ray lacks ray.data.llm."""
+    if importlib.util.find_spec("ray.data.llm") is None:
+        pytest.skip("ray.data.llm not available")
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    config = vLLMEngineProcessorConfig(**engine_vllm.processor_kwargs(cluster_cot, "/models/recgen/7"))
+    assert config.engine_kwargs["tensor_parallel_size"] == 1
+    assert config.should_continue_on_error is True
+    assert "vllm" not in sys.modules
+
+
+def test_engine_settings_are_validated(cluster_cot):
+    bad_tp = cluster_cot.model_copy(update={"vllm_engine_kwargs": {"tensor_parallel_size": 0}})
+    with pytest.raises(InvalidArgument, match="tensor_parallel_size"):
+        engine_vllm.processor_kwargs(bad_tp, "/m")
+    short = cluster_cot.model_copy(
+        update={"vllm_engine_kwargs": {"tensor_parallel_size": 2, "max_model_len": 512}}
+    )
+    with pytest.raises(InvalidArgument, match="max_model_len"):
+        engine_vllm.processor_kwargs(short, "/m")
+    typed = cluster_cot.model_copy(update={"vllm_accelerator_type": "H100"})
+    assert engine_vllm.processor_kwargs(typed, "/m")["accelerator_type"] == "H100"
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> str:
+    from llmcf_core.llm.models import load_tokenizer_from_gguf
+
+    folder = tmp_path_factory.mktemp("tok")
+    load_tokenizer_from_gguf().save_pretrained(folder)
+    return str(folder)
+
+
+def test_requests_carry_token_ids_and_per_candidate_sampling(tokenizer_dir):
+    decoding = Decoding(num_candidates=3, max_new_tokens=8, min_new_tokens=2, seed=5)
+    prompt = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    plan = pd.DataFrame({"sample_id": ["a", "b"], "block": [4, 4], "prompt": [prompt, "P-b"]})
+    requests = engine_vllm.expand_candidates(plan, decoding)
+    assert requests[["sample_id", "candidate"]].values.tolist() == [
+        ["a", 0],
+        ["a", 1],
+        ["a", 2],
+        ["b", 0],
+        ["b", 1],
+        ["b", 2],
+    ]
+    row = engine_vllm.preprocess_row(requests.iloc[1].to_dict(), decoding.to_dict(), tokenizer_dir)
+    tok = engine_vllm._tokenizer(tokenizer_dir)
+    assert row["tokenized_prompt"] == tok(prompt, add_special_tokens=False)["input_ids"]
+    assert row["tokenized_prompt"][0] == tok.convert_tokens_to_ids("<|im_start|>")  # no extra BOS
+    params = row["sampling_params"]
+    assert (params["temperature"], params["top_k"], params["max_tokens"], params["n"]) == (0.6, 50, 8, 1)
+    seeds = {engine_vllm.sampling_params(decoding, "a", c)["seed"] for c in range(3)}
+    assert len(seeds) == 3  # distinct candidates per sample
+    greedy = engine_vllm.sampling_params(Decoding(do_sample=False), "a", 0)
+    assert greedy["temperature"] == 0.0 and "seed" not in greedy
+
+
+def test_outputs_become_candidate_rows():
+    base = {"sample_id": "a", "block": 4, "candidate": 1, "__inference_error__": ""}
+    stopped = engine_vllm.postprocess_row(
+        {**base, "generated_text": "x y", "generated_tokens": [5, 6, 2], "num_generated_tokens": 3}, 8, [2]
+    )
+    assert stopped == {
+        "sample_id": "a",
+        "block": 4,
+        "candidate": 1,
+        "text": "x y",
+        "n_tokens": 2,
+        "finish_reason": "stop",
+        "error": None,
+    }
+    full = engine_vllm.postprocess_row(
+        {**base, "generated_text": "z", "generated_tokens": list(range(10, 18)), "num_generated_tokens": 8},
+        8,
+        [2],
+    )
+    assert full["finish_reason"] == "length" and full["n_tokens"] == 8
+    # Failed requests bypass postprocess: the processor emits the whole request row instead.
+    failed_request = {
+        "sample_id": "b",
+        "block": 4,
+        "candidate": 0,
+        "prompt": "P-b",
+        "generated_text": "",
+        "num_generated_tokens": 0,
+        "__inference_error__": "ValueError: prompt too long",
+    }
+    batch = engine_vllm.to_candidates(pd.DataFrame([{**stopped, "__inference_error__": ""}, failed_request]))
+    assert list(batch.columns) == list(CANDIDATE_COLUMNS)
+    assert batch["finish_reason"].tolist() == ["stop", "error"]
+    assert batch["error"].iloc[1] == "ValueError: prompt too long" and pd.isna(batch["text"].iloc[1])
+    assert batch["n_tokens"].tolist() == [2, 0] and pd.isna(batch["error"].iloc[0])
