@@ -40,7 +40,9 @@ def main() -> None:
     # Late days (last year of the history) with >= 50 rows, each paired with the early day (first
     # 120 days) whose row count is closest.
     early_pool = counts[counts.index <= first + dt.timedelta(days=120)]
-    late = list(counts[(counts.index >= counts.index[-1] - dt.timedelta(days=365)) & (counts >= 50)].index[-3:])
+    late = list(
+        counts[(counts.index >= counts.index[-1] - dt.timedelta(days=365)) & (counts >= 50)].index[-3:]
+    )
     early = [(early_pool - counts[d]).abs().idxmin() for d in late]
     ingest_partition(settings, args.dataset, early[0])  # warm-up: GX import, caches
     timings: dict[dt.date, list[float]] = {d: [] for d in early + late}
@@ -55,7 +57,10 @@ def main() -> None:
     for day in early + late:
         prior = int((inter["timestamp"] < pd.Timestamp(day, tz="UTC").timestamp()).sum())
         print(f"{day!s:<12} {counts[day]:>5} {prior:>14,} {statistics.median(timings[day]):>9.3f}")
-    ratios = [statistics.median(timings[b]) / statistics.median(timings[a]) for a, b in zip(early, late, strict=True)]
+    ratios = [
+        statistics.median(timings[b]) / statistics.median(timings[a])
+        for a, b in zip(early, late, strict=True)
+    ]
     print("late/early per pair: " + ", ".join(f"{r:.2f}" for r in ratios) + f"; worst {max(ratios):.2f}")
 
 

@@ -86,8 +86,12 @@ def _report(days: list[dt.date], dataset: str, outcomes: dict[str, str]) -> int:
         print(f"recommender published: {pointer.parent.name} -> {pointer.read_text().strip()[:200]}")
     for metrics in sorted(rec_root.glob("*/*/metrics.json")) if rec_root.is_dir() else []:
         data = json.loads(metrics.read_text())
-        keys = {k: v for k, v in data.items() if isinstance(v, int | float) and "auc" in k.lower()}
-        print(f"recommender {metrics.parent.parent.name}/{metrics.parent.name}: {keys}")
+        valid = data.get("valid") or {}
+        print(
+            f"recommender {metrics.parent.parent.name}/{metrics.parent.name}: valid AUC "
+            f"{valid.get('auc', float('nan')):.3f} on {valid.get('n', '?')} rows ({data.get('valid_source', '')}), "
+            f"{data.get('epochs', '?')} epochs"
+        )
     print(f"data root: {settings.home}/{dataset}/")
     return failures
 
