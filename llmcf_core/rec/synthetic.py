@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from llmcf_core import storage
+from llmcf_core.data.samples import SAMPLES_SCHEMA
 from llmcf_core.paths import DataPaths, day_bounds
 
 FIRST_DAY = dt.date(2024, 1, 1)
@@ -109,21 +110,8 @@ def write_synthetic_dataset(
                 )
                 history[u].append((int(i), ts, label))
 
-    schema = pa.schema(
-        [
-            ("sample_id", pa.string()),
-            ("user_id", pa.int64()),
-            ("item_id", pa.int64()),
-            ("timestamp", pa.int64()),
-            ("rating", pa.float64()),
-            ("label", pa.int8()),
-            ("history_item_ids", pa.list_(pa.int64())),
-            ("history_timestamps", pa.list_(pa.int64())),
-            ("history_labels", pa.list_(pa.int8())),
-            ("split", pa.string()),
-            ("dt", pa.string()),
-        ]
-    )
+    schema = SAMPLES_SCHEMA
+
     all_rows = pa.Table.from_pylist(rows, schema=schema)
     hist_vec = _unit(
         np.stack(
