@@ -27,3 +27,21 @@ def settings(llmcf_home):
     from llmcf_core.config import load_config
 
     return load_config("local")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_in_process_ray_per_module():
+    """Shut down an in-process Ray instance after each test module.
+
+    Jobs call ``ensure_ray()``, which reuses an initialised Ray; a module that leaves actors or
+    placement groups behind (an actor pool, a Ray Train run) would otherwise starve the next
+    module's Ray Data or Ray Train work of CPUs on a 2-core machine.
+    """
+    yield
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
