@@ -9,7 +9,11 @@ tokens/s compare like for like. Prompts are real CoT prompts (``PromptBuilder``)
 samples of one day, ingested into ``$LLMCF_HOME`` if missing. Peak memory: this process's max RSS
 for modes 1-2; for mode 3 the peak summed RSS of this process and its Ray processes, sampled.
 
-    .venv/bin/python bench/cot_generation.py --prompts 64 --new-tokens 64 --batch-size 32 --single 16
+    .venv/bin/python bench/cot_generation.py --prompts 64 --new-tokens 64 --batch-size 32 --single 8
+    .venv/bin/python bench/cot_generation.py --threads 1 --actors 2 --only-ray   # 2 actors x 1 thread
+
+On a shared, oversubscribed machine use ``--threads 1``: with 2 OpenMP threads and less than
+two free cores, each parallel region waits for a descheduled thread (4-5x slower here).
 """
 
 from __future__ import annotations
@@ -161,6 +165,7 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=1)
     parser.add_argument("--cpus-per-actor", type=float, default=0.5)
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--only-ray", action="store_true", help="skip the in-process modes")
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -195,21 +200,24 @@ def main() -> None:
         "model_load_s": round(load_s, 2),
         "load_before": load_avg(),
     }
-    bare(
-        model, tokenizer, prompts[:2], 2, Decoding(num_candidates=1, max_new_tokens=4, min_new_tokens=4)
-    )  # warm-up
-
-    secs, toks = bare(model, tokenizer, prompts, args.batch_size, decoding)
-    report["bare_batched"] = {"tokens": toks, "s": round(secs, 2), "tok_s": round(toks / secs, 1)}
-    progress(report, "bare_batched")
-    secs, toks = bare(model, tokenizer, prompts[: args.single], 1, decoding)
-    report["one_at_a_time"] = {"tokens": toks, "s": round(secs, 2), "tok_s": round(toks / secs, 1)}
-    progress(report, "one_at_a_time")
-    report["in_process_max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    report["actors"], report["cpus_per_actor"] = args.actors, args.cpus_per_actor
+    if not args.only_ray:
+        warm = Decoding(num_candidates=1, max_new_tokens=4, min_new_tokens=4)
+        bare(model, tokenizer, prompts[:2], 2, warm)
+        secs, toks = bare(model, tokenizer, prompts, args.batch_size, decoding)
+        report["bare_batched"] = {"tokens": toks, "s": round(secs, 2), "tok_s": round(toks / secs, 1)}
+        progress(report, "bare_batched")
+        secs, toks = bare(model, tokenizer, prompts[: args.single], 1, decoding)
+        report["one_at_a_time"] = {"tokens": toks, "s": round(secs, 2), "tok_s": round(toks / secs, 1)}
+        progress(report, "one_at_a_time")
+        report["in_process_max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     del model
     report["ray_data"] = through_ray(model_dir, prompts, args, decoding)
     progress(report, "ray_data")
     report["load_after"] = load_avg()
+    if args.only_ray:
+        print(json.dumps(report, indent=2))
+        return
     bare_tok_s = report["bare_batched"]["tok_s"]
     report["ratios"] = {
         "ray_steady_vs_bare_batched": round(report["ray_data"]["tok_s_steady"] / bare_tok_s, 2),
