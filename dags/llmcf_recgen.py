@@ -28,7 +28,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from llmcf_airflow.partitions import job_env_vars
-from llmcf_airflow.ray_job import RayJobOperator
+from llmcf_airflow.ray_job import RayJobOperator, force_param
 from llmcf_core.config import load_config
 
 SETTINGS = load_config()
@@ -152,12 +152,7 @@ with DAG(
             title="Publish",
             description="Off for ablation runs (e.g. mix=rec-only): evaluate, but never move `latest`.",
         ),
-        "force": Param(
-            False,
-            type="boolean",
-            title="Force",
-            description="Resubmit Ray jobs even if an identical job already succeeded.",
-        ),
+        "force": force_param(),
     },
 ) as dag:
 

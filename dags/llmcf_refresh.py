@@ -45,7 +45,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from llmcf_airflow.callbacks import on_failure
 from llmcf_airflow.partitions import job_env_vars, partition_for_run, verify_published
-from llmcf_airflow.ray_job import RayJobOperator
+from llmcf_airflow.ray_job import RayJobOperator, force_param
 from llmcf_core.config import load_config
 from llmcf_core.paths import InvalidArgument
 
@@ -172,12 +172,7 @@ with DAG(
             enum=["DIN", "DeepFM", "DCN", "DCNv2", "AutoInt", "xDeepFM"],
             title="Recommender backbone",
         ),
-        "force": Param(
-            False,
-            type="boolean",
-            title="Force",
-            description="Resubmit Ray jobs even if an identical job already succeeded.",
-        ),
+        "force": force_param(),
     },
 ) as dag:
 

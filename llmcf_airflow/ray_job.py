@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook, BaseOperator, BaseOperatorLink
+from airflow.sdk import BaseHook, BaseOperator, BaseOperatorLink, Param
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -543,6 +543,16 @@ def _as_bool(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in {"1", "true", "yes", "on"}
     return bool(value)
+
+
+def force_param() -> Param:
+    """The trigger-form switch every DAG passes on as ``RayJobOperator(force="{{ params.force }}")``."""
+    return Param(
+        False,
+        type="boolean",
+        title="Force",
+        description="Resubmit Ray jobs even if an identical job already succeeded.",
+    )
 
 
 class RayJobOperator(BaseOperator):
