@@ -45,3 +45,19 @@ def _fresh_in_process_ray_per_module():
 
         if ray.is_initialized():
             ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _torch_global_state_is_restored():
+    """Fail the test that leaves autograd switched off for the rest of the process.
+
+    ``torch.set_grad_enabled(False)`` in library code once made every later training test in the
+    same pytest process fail with "element 0 of tensors does not require grad".
+    """
+    yield
+    import sys
+
+    if "torch" in sys.modules:
+        import torch
+
+        assert torch.is_grad_enabled(), "a test or the code it ran left torch autograd disabled"

@@ -131,7 +131,6 @@ def _device_and_dtype() -> tuple[str, Any]:
 
 
 def load_for_eval(folder: Path):
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device, dtype = _device_and_dtype()
@@ -139,7 +138,6 @@ def load_for_eval(folder: Path):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
-    torch.set_grad_enabled(False)
     return model, tok
 
 
@@ -237,11 +235,17 @@ def response_perplexity(
 
 
 def evaluate_model(folder: Path, sets: EvalSets, *, max_length: int, batch_size: int) -> dict[str, Any]:
+    import torch
+
     started = time.perf_counter()
     model, tok = load_for_eval(folder)
     labels = [e.label for e in sets.rec]
-    probs = rec_probabilities(model, tok, sets.rec, max_length=max_length, batch_size=batch_size)
-    ppl, tokens = response_perplexity(model, tok, sets.general, max_length=max_length, batch_size=batch_size)
+    # Scoped, not torch.set_grad_enabled(False): a caller in the same process may train next.
+    with torch.inference_mode():
+        probs = rec_probabilities(model, tok, sets.rec, max_length=max_length, batch_size=batch_size)
+        ppl, tokens = response_perplexity(
+            model, tok, sets.general, max_length=max_length, batch_size=batch_size
+        )
     return {
         "model": str(folder),
         "rec_auc": round(auc(labels, probs), 6),
