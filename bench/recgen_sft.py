@@ -2,13 +2,17 @@
 
     .venv/bin/python bench/recgen_sft.py --steps 6 --workers 2 --zero-stage 2
     .venv/bin/python bench/recgen_sft.py --steps 60 --eval --eval-rec 200 --eval-general 40   # + balance table
+    .venv/bin/python bench/recgen_sft.py --steps 6 --plain   # the baseline: a plain PyTorch loop
 
 Uses its own data root (``--home``, default /tmp/llmcf-bench-recgen): ingests the ML-100K days it
 needs (the last ``--window-days`` train days before 1998-03-08, and ``--eval-days`` valid days),
 builds the instruction data (concat mix), fine-tunes with ``llmcf_core.llm.sft.finetune`` and
 reports what the workers measured: training tokens/s (non-padding tokens of all workers per second
 of the training loop, checkpoints included) and the peak RSS per worker. ``--eval`` also evaluates
-the candidate against the base model (the balance table of docs/recgen.md).
+the candidate against the base model (the balance table of docs/recgen.md). ``--plain`` runs the
+baseline of the SFT throughput target instead: one process, ``--workers`` torch threads, the same
+model, instruction rows, sample order, global batch, AdamW + cosine schedule + clipping, no Ray,
+no DeepSpeed, no checkpoints.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ def main() -> int:
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--version", help="default: derived from the arguments (a rerun resumes)")
+    p.add_argument("--plain", action="store_true", help="measure the plain PyTorch loop baseline instead")
     p.add_argument("--eval", action="store_true", help="evaluate against the base model afterwards")
     p.add_argument("--eval-days", type=int, default=7)
     p.add_argument("--eval-rec", type=int, default=200)
@@ -99,6 +104,11 @@ def main() -> int:
         gradient_checkpointing=args.gradient_checkpointing,
         bf16=args.bf16,
     )
+    if args.plain:
+        report = plain_loop(settings, spec, args)
+        report["instructions"] = {"version": built.version, **built.counts, "build_s": round(build_s, 1)}
+        print(json.dumps(report, indent=2, default=str))
+        return 0
     t1 = time.perf_counter()
     out = finetune(settings, spec)
     fit_s = time.perf_counter() - t1
@@ -148,6 +158,71 @@ def main() -> int:
 
     ray.shutdown()
     return 0
+
+
+def plain_loop(settings, spec, args) -> dict:
+    """The same training steps in one plain PyTorch process (the SFT target's baseline)."""
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
+
+    from llmcf_core.llm.sft import worker_config
+    from llmcf_core.llm.sft_worker import collate, rows_for
+
+    cfg = worker_config(spec, settings)
+    # One process with the workers' cores; the workers' micro-batches become accumulation steps,
+    # so every optimizer step sees the same 16 rows as the Ray Train run's step.
+    cfg = {**cfg, "world_size": 1, "grad_accum": cfg["grad_accum"] * cfg["world_size"]}
+    torch.set_num_threads(args.workers)
+    torch.manual_seed(cfg["seed"])
+    table = pq.read_table(cfg["data_file"], columns=["input_ids", "response_start"])
+    data = list(
+        zip(table.column("input_ids").to_pylist(), table.column("response_start").to_pylist(), strict=True)
+    )
+    tok = AutoTokenizer.from_pretrained(cfg["model_dir"])
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    dtype = torch.bfloat16 if cfg["bf16"] else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(cfg["model_dir"], dtype=dtype)
+    model.config.use_cache = False
+    if cfg["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable()
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    schedule = get_cosine_schedule_with_warmup(optimizer, cfg["warmup_steps"], cfg["total_steps"])
+    orders: dict = {}
+    losses, tokens = [], 0
+    started = time.perf_counter()
+    for step in range(cfg["total_steps"]):
+        loss_sum = 0.0
+        for micro in range(cfg["grad_accum"]):
+            batch = collate([data[i] for i in rows_for(step, micro, 0, cfg, len(data), orders)], pad_id)
+            tokens += int(batch["attention_mask"].sum())
+            out = model(**batch)
+            (out.loss / cfg["grad_accum"]).backward()
+            loss_sum += float(out.loss.detach())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(round(loss_sum / cfg["grad_accum"], 6))
+        print(f"plain step {step + 1}/{cfg['total_steps']} loss {losses[-1]:.4f}", flush=True)
+    seconds = time.perf_counter() - started
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "loadavg": os.getloadavg(),
+        "mode": "plain PyTorch loop",
+        "base_model": args.base_model,
+        "torch_threads": args.workers,
+        "steps": cfg["total_steps"],
+        "global_batch": spec.global_batch,
+        "max_length": args.max_length,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "train_tokens": tokens,
+        "loop_seconds": round(seconds, 2),
+        "tokens_per_s": round(tokens / seconds, 2),
+        "s_per_step": round(seconds / cfg["total_steps"], 2),
+        "losses": losses,
+    }
 
 
 if __name__ == "__main__":

@@ -31,6 +31,12 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _describe(exc: BaseException) -> str:
+    """The message plus any notes a caller added (e.g. which day of a replay failed)."""
+    notes = getattr(exc, "__notes__", None) or []
+    return "; ".join([str(exc), *notes])
+
+
 def run_job(name: str, body: Callable[[], dict[str, Any]]) -> int:
     """Run ``body``; print its result as one ``LLMCF_RESULT {json}`` line; map errors to exit codes."""
     from llmcf_core.data.samples import HistoryInputError
@@ -42,13 +48,13 @@ def run_job(name: str, body: Callable[[], dict[str, Any]]) -> int:
     try:
         result = body()
     except InvalidArgument as exc:
-        print(f"{name}: invalid argument: {exc}", file=sys.stderr)
+        print(f"{name}: invalid argument: {_describe(exc)}", file=sys.stderr)
         return EXIT_BAD_ARGS
     except DataCheckFailed as exc:
-        print(f"{name}: data check failed: {exc}", file=sys.stderr)
+        print(f"{name}: data check failed: {_describe(exc)}", file=sys.stderr)
         return EXIT_CHECK_FAILED
     except HistoryInputError as exc:
-        print(f"{name}: data check failed: {exc}", file=sys.stderr)
+        print(f"{name}: data check failed: {_describe(exc)}", file=sys.stderr)
         return EXIT_CHECK_FAILED
     result = {"job": name, "seconds": round(time.perf_counter() - started, 3), **result}
     print(SUMMARY_PREFIX + json.dumps(result, sort_keys=True, default=str), flush=True)

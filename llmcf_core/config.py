@@ -126,6 +126,9 @@ class CotConfig(_Strict):
     actors: int = Field(1, ge=1)
     cpus_per_actor: float = Field(0.5, gt=0)  # fractional on small machines (STACK.md: deadlock)
     gpus_per_actor: float = Field(0, ge=0)
+    # transformers backend: fewer prompts than this are generated in the job's own process by the
+    # same generator class (a Ray Data actor pool costs a model load per actor); 0 = always Ray Data
+    ray_min_prompts: int = Field(0, ge=0)
     torch_threads: int | None = Field(None, ge=1)
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 where the CPU has it
     # vllm backend: ray.data.llm processor settings and vLLM engine arguments.
@@ -310,3 +313,21 @@ def load_config(profile: str | None = None) -> Settings:
     if not path.is_file():
         raise FileNotFoundError(f"no config profile {profile!r}: {path} does not exist")
     return load_config_file(path)
+
+
+def with_overrides(settings: Settings, pairs: list[str]) -> Settings:
+    """``settings`` with ``SECTION.FIELD=VALUE`` overrides (YAML values), validated like a file.
+
+    Raises ValueError naming the offending pair; callers turn it into a bad-argument error.
+    """
+    raw = settings.model_dump()
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name or section not in raw or not isinstance(raw[section], dict):
+            raise ValueError(f"override {pair!r} is not SECTION.FIELD=VALUE with a known section")
+        raw[section][name] = yaml.safe_load(value) if value.strip() else None
+    try:
+        return Settings.model_validate(raw)
+    except Exception as exc:  # pydantic.ValidationError: unknown field or bad value
+        raise ValueError(f"invalid override(s) {pairs}: {exc}") from None

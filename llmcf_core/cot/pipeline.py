@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import json
 import logging
 import os
 import shutil
@@ -164,8 +166,39 @@ def _candidates(group: pd.DataFrame) -> list[Candidate]:
     ]
 
 
+def _generator_kwargs(cfg: CotConfig, model_dir: str) -> dict[str, Any]:
+    return {
+        "model_dir": model_dir,
+        "decoding": Decoding.from_config(cfg).to_dict(),
+        "dtype": cfg.dtype,
+        "device": "cuda" if cfg.gpus_per_actor > 0 else "cpu",
+        "torch_threads": cfg.torch_threads,
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def _local_generator(frozen_kwargs: str) -> Any:
+    """One in-process generator per (model, decoding, dtype, device): a day-by-day replay loads it once."""
+    from llmcf_core.cot.engine_hf import TransformersGenerator
+
+    return TransformersGenerator(**json.loads(frozen_kwargs))
+
+
 def _run_transformers(plan: pd.DataFrame, cfg: CotConfig, model_dir: str) -> Iterator[pd.DataFrame]:
-    """Candidate rows from a Ray Data actor pool running batched generate()."""
+    """Candidate rows from a Ray Data actor pool running batched generate().
+
+    Below ``cfg.ray_min_prompts`` prompts the same generator class runs in this process instead,
+    over batches of at most ``batch_size`` prompts (one block at a time).
+    """
+    frames = [group for _, group in plan.loc[:, ["sample_id", "block", "prompt"]].groupby("block", sort=True)]
+    kwargs = _generator_kwargs(cfg, model_dir)
+    if len(plan) < cfg.ray_min_prompts:
+        generator = _local_generator(json.dumps(kwargs, sort_keys=True))
+        for frame in frames:
+            for start in range(0, len(frame), cfg.batch_size):
+                yield generator(frame.iloc[start : start + cfg.batch_size].reset_index(drop=True))
+        return
+
     import ray
 
     from llmcf_core.cot.engine_hf import TransformersGenerator
@@ -173,16 +206,9 @@ def _run_transformers(plan: pd.DataFrame, cfg: CotConfig, model_dir: str) -> Ite
 
     ensure_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
-    frames = [group for _, group in plan.loc[:, ["sample_id", "block", "prompt"]].groupby("block", sort=True)]
     ds = ray.data.from_pandas(frames).map_batches(
         TransformersGenerator,
-        fn_constructor_kwargs={
-            "model_dir": model_dir,
-            "decoding": Decoding.from_config(cfg).to_dict(),
-            "dtype": cfg.dtype,
-            "device": "cuda" if cfg.gpus_per_actor > 0 else "cpu",
-            "torch_threads": cfg.torch_threads,
-        },
+        fn_constructor_kwargs=kwargs,
         batch_size=cfg.batch_size,
         batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),

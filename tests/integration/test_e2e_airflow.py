@@ -28,9 +28,18 @@ from llmcf_core.paths import DataPaths, day_bounds
 pytestmark = [pytest.mark.airflow, pytest.mark.ray, pytest.mark.slow]
 
 DAG_ID = "llmcf_refresh"
-# The ingest stage only: the later stages have their own job tests, and CoT generation on CPU
-# would make this test several times slower.
-CONF = {"stages": ["samples"]}
+# Every data stage (the recommender has its own tests): CoTs come from tiny-llama, generated
+# inside the CoT job's process (cot.ray_min_prompts), so the test stays a few minutes long.
+CONF = {"stages": ["samples", "cot", "embed", "neighbors"]}
+SMALL_COT = {
+    "pool_fraction": 1,
+    "ray_min_prompts": 100000,
+    "num_candidates": 1,
+    "max_new_tokens": 8,
+    "min_new_tokens": 4,
+    "min_cot_chars": 1,
+    "torch_threads": 1,
+}
 DAYS = [dt.date(2024, 5, 1), dt.date(2024, 5, 2), dt.date(2024, 5, 3)]
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
 
@@ -74,7 +83,10 @@ def _corrupt(inter: pd.DataFrame) -> pd.DataFrame:
 @pytest.fixture
 def deployment(tmp_path, ray_head, monkeypatch):
     """Config + data + Airflow standalone on PostgreSQL; everything is stopped and dropped after."""
+    from llmcf_core.llm.models import resolve_model
+
     home = tmp_path / "llmcf"
+    tiny = resolve_model("tiny-llama", tmp_path / "models")
     inter, items = _logs()
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -100,6 +112,8 @@ def deployment(tmp_path, ray_head, monkeypatch):
             "retry_delay_s": 5,
         },
         "ray": {"poll_interval_s": 1.0},
+        "cot": {"model": str(tiny), **SMALL_COT},
+        "qdrant": {"verify_queries": 2},
     }
     config_file = tmp_path / "e2e.yaml"
     config_file.write_text(yaml.safe_dump(config))
@@ -145,31 +159,64 @@ def deployment(tmp_path, ray_head, monkeypatch):
         _psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
-def _clean_reference(tmp_path, inter, items) -> dict[str, str]:
-    """What a clean run publishes: the same job, in-process, on clean inputs."""
-    from jobs import ingest
+def _published(home) -> dict[str, object]:
+    """What a data root holds: per day the samples' sha256 and the CoT, pool and neighbour ids; the
+    Qdrant point count and the sample ids behind the points."""
+    from llmcf_core.config import load_config
+    from llmcf_core.cot import layout
+    from llmcf_core.retrieval.store import QdrantStore
+
+    paths = DataPaths(home, "shop")
+    current = layout.read_current(paths)
+    assert current is not None, f"no CoT version promoted under {home}"
+    out: dict[str, object] = {}
+    for day in DAYS:
+        d = day.isoformat()
+        out[f"samples/{d}"] = storage.read_manifest(paths.samples(day))["sha256"]
+        cot_dir = layout.version_dir(paths, day, current["model_version"], current["prompt_version"])
+        out[f"cot/{d}"] = sorted(
+            storage.read_partition(cot_dir, ["sample_id"]).column("sample_id").to_pylist()
+        )
+        neighbors = storage.read_partition(paths.partition("neighbors", day), ["sample_id"])
+        out[f"neighbors/{d}"] = sorted(neighbors.column("sample_id").to_pylist())
+    settings = load_config()
+    with QdrantStore.open(settings.qdrant, home, owner="e2e test") as store:
+        live = store.live("shop")
+        assert live is not None, f"no live Qdrant collection under {home}"
+        out["qdrant_points"] = store.count(live[0])
+        ids, offset = [], None
+        while True:
+            records, offset = store.client.scroll(
+                live[0], limit=256, offset=offset, with_payload=["sample_id"]
+            )
+            ids += [r.payload["sample_id"] for r in records]
+            if offset is None:
+                break
+        out["qdrant_sample_ids"] = sorted(ids)
+    return out
+
+
+def _clean_reference(tmp_path, inter, items) -> dict[str, object]:
+    """What a clean run publishes: the same stages (`jobs.replay`, in-process) on clean inputs."""
+    from jobs import replay
 
     ref = tmp_path / "reference"
     ref.mkdir()
     inter.to_csv(ref / "i.csv", index=False)
     items.to_csv(ref / "t.csv", index=False)
-    shas = {}
     old = os.environ.get("LLMCF_HOME")
     os.environ["LLMCF_HOME"] = str(ref / "home")
     from llmcf_core.config import load_config
 
     load_config.cache_clear()
     try:
-        for day in DAYS:
-            flags = ["--interactions", str(ref / "i.csv"), "--items", str(ref / "t.csv")]
-            assert ingest.main(["--dataset", "shop", "--partition", day.isoformat(), *flags]) == 0
-            shas[day.isoformat()] = storage.read_manifest(DataPaths(ref / "home", "shop").samples(day))[
-                "sha256"
-            ]
+        flags = ["--interactions", str(ref / "i.csv"), "--items", str(ref / "t.csv")]
+        span = ["--from", DAYS[0].isoformat(), "--to", DAYS[-1].isoformat()]
+        assert replay.main(["--dataset", "shop", *span, *flags, "--stages", ",".join(CONF["stages"])]) == 0
+        return _published(ref / "home")
     finally:
         os.environ["LLMCF_HOME"] = old or ""
         load_config.cache_clear()
-    return shas
 
 
 def test_trigger_fail_repair_clear_backfill(deployment):
@@ -242,11 +289,14 @@ def test_trigger_fail_repair_clear_backfill(deployment):
     # Every partition succeeded and equals a clean run's output; no duplicates anywhere.
     for day in DAYS:
         assert api.run_for(DAG_ID, day.isoformat())["state"] == "success"
+    published = _published(deployment["home"])
     reference = _clean_reference(deployment["tmp"], inter, items)
+    assert published == reference
     all_ids = []
     for day in DAYS:
-        manifest = storage.read_manifest(paths.samples(day))
-        assert manifest["sha256"] == reference[day.isoformat()]
         all_ids += storage.read_partition(paths.samples(day), ["sample_id"]).column("sample_id").to_pylist()
         assert not paths.quarantine("interactions", day).exists()
     assert len(all_ids) == len(set(all_ids)) == len(inter)
+    # Every sample is in the CoT pool (pool_fraction=1) and is one Qdrant point, once.
+    assert published["qdrant_points"] == len(inter)
+    assert published["qdrant_sample_ids"] == sorted(all_ids)

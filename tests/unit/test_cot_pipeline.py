@@ -132,3 +132,23 @@ def test_pool_fraction_and_label_switch_pick_the_version(llmcf_home, tiny_dir, c
     assert layout.read_current(paths) == {"model_version": "tiny-llama", "prompt_version": "v1-nolabel"}
     gate = layout.verify_cot_published(llmcf_home, "ml-100k", DAY.isoformat())
     assert gate["rows"] == result["pool"] and gate["prompt_version"] == "v1-nolabel"
+
+
+def test_small_pools_generate_in_process_without_ray(llmcf_home, tiny_dir, capsys):
+    """Below cot.ray_min_prompts the job generates in its own process: no Ray, same output schema."""
+    import ray
+
+    paths = publish_fixture(llmcf_home, n=8)
+    if ray.is_initialized():
+        ray.shutdown()
+    args = ["--set", "max_prompt_tokens=4096", "--set", "ray_min_prompts=100", "--set", "max_new_tokens=8"]
+    assert _run(tiny_dir, *args) == 0
+    result = _result(capsys)
+    assert not ray.is_initialized()
+    assert result["pool"] == 8 and result["generated"] == 8 and result["failed"] == 0
+    table = storage.read_partition(layout.version_dir(paths, DAY, "tiny-llama", "v1-lc")).to_pandas()
+    assert len(table) == 8 and table["cot_text"].notna().all() and (table["n_tokens"] > 0).all()
+
+    # A rerun reuses every published row and generates nothing.
+    assert _run(tiny_dir, *args) == 0
+    assert _result(capsys)["generated"] == 0
