@@ -79,7 +79,8 @@ class AirflowConfig(_Strict):
     pool_gpu_slots: int = Field(1, ge=1)
     # A run still unfinished this long after it was queued raises a deadline alert. 0 = off, the
     # default: in Airflow 3.3.2 clearing task instances of a DAG with a DeadlineAlert crashes
-    # (TypeError in _recalculate_dagrun_queued_at_deadlines), which would block on-call re-runs.
+    # (TypeError in _recalculate_dagrun_queued_at_deadlines, apache/airflow#70368), which would
+    # block on-call re-runs.
     deadline_hours: float = Field(0.0, ge=0)
     # Optional HTTP connection whose host receives a JSON post for each failure.
     alert_conn_id: str = "llmcf_alerts"
