@@ -5,7 +5,10 @@ API and the CLI exactly as docs/runbook.md tells on-call to do it.
 Timeline: D1 runs clean; D2 and D3 get a corrupted input (duplicate ratings) and fail at the data
 check with nothing published; the input is repaired; D2 is re-run with `airflow tasks clear
 --only-failed` and D3 through a backfill with reprocess-behavior=failed (`llmcf_airflow.ops`,
-REST). Every partition must then equal what a clean run publishes, with no duplicates.
+REST). Every run goes through samples -> cot -> embed -> neighbors (tiny-llama CoTs, MiniLM
+embeddings, embedded Qdrant). Every partition must then equal what a clean run publishes
+(`jobs.replay` on clean inputs): the same samples bytes, CoT, pool and neighbour rows, and the same
+Qdrant points, one per pool sample, with no duplicates.
 """
 
 from __future__ import annotations
