@@ -13,21 +13,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-import yaml
-
 from jobs._cli import run_job
 
 
 def _overrides(pairs: list[str]) -> dict:
+    from llmcf_core.config import parse_override
     from llmcf_core.paths import InvalidArgument
 
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise InvalidArgument(f"--set expects KEY=VALUE, not {pair!r}")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-    return out
+    try:
+        return dict(parse_override(pair) for pair in pairs)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 def cot_settings(base, model: str | None, backend: str | None, promote: bool | None, pairs: list[str]):

@@ -316,6 +316,14 @@ def load_config(profile: str | None = None) -> Settings:
     return load_config_file(path)
 
 
+def parse_override(pair: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` from a command line -> (key, YAML-parsed value; empty = None). ValueError if malformed."""
+    key, sep, value = pair.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set expects KEY=VALUE, not {pair!r}")
+    return key.strip(), (yaml.safe_load(value) if value.strip() else None)
+
+
 def with_overrides(settings: Settings, pairs: list[str]) -> Settings:
     """``settings`` with ``SECTION.FIELD=VALUE`` overrides (YAML values), validated like a file.
 
@@ -323,11 +331,11 @@ def with_overrides(settings: Settings, pairs: list[str]) -> Settings:
     """
     raw = settings.model_dump()
     for pair in pairs:
-        key, sep, value = pair.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not sep or not dot or not name or section not in raw or not isinstance(raw[section], dict):
+        key, value = parse_override(pair)
+        section, dot, name = key.partition(".")
+        if not dot or not name or section not in raw or not isinstance(raw[section], dict):
             raise ValueError(f"override {pair!r} is not SECTION.FIELD=VALUE with a known section")
-        raw[section][name] = yaml.safe_load(value) if value.strip() else None
+        raw[section][name] = value
     try:
         return Settings.model_validate(raw)
     except Exception as exc:  # pydantic.ValidationError: unknown field or bad value
