@@ -37,6 +37,7 @@ def main() -> int:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--rec-max", type=int, default=0)
     p.add_argument("--general-max", type=int, default=2000)
+    p.add_argument("--mix", default="concat", help="instruction mix: concat (paper), rec-only, half-rec")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--zero-stage", type=int, default=2, choices=[2, 3])
     p.add_argument("--steps", type=int, default=6)
@@ -52,6 +53,10 @@ def main() -> int:
     p.add_argument("--eval-days", type=int, default=7)
     p.add_argument("--eval-rec", type=int, default=200)
     p.add_argument("--eval-general", type=int, default=40)
+    p.add_argument(
+        "--compare", action="append", default=[], metavar="LABEL=VERSION",
+        help="with --eval: also evaluate another candidate/model as a row of the balance table",
+    )  # fmt: skip
     args = p.parse_args()
 
     os.environ["LLMCF_HOME"] = args.home
@@ -82,6 +87,7 @@ def main() -> int:
         max_length=args.max_length,
         rec_max_examples=args.rec_max,
         general_max_examples=args.general_max,
+        mix=args.mix,
     )
     built = instructions.build_instructions(settings, ispec)
     build_s = time.perf_counter() - t0
@@ -125,6 +131,7 @@ def main() -> int:
         "steps": out["final_step"],
         "global_batch": spec.global_batch,
         "max_length": args.max_length,
+        "mix": args.mix,
         "instructions": {"version": built.version, **built.counts, "build_s": round(build_s, 1)},
         "train_tokens": meta.get("train_tokens"),
         "loop_seconds": seg.get("seconds"),
@@ -148,6 +155,7 @@ def main() -> int:
             eval_days=args.eval_days,
             rec_max=args.eval_rec,
             general_max=args.eval_general,
+            compare=dict(c.split("=", 1) for c in args.compare) or None,
         )
         report["balance"] = ev["metrics"]
         report["gate"] = ev["gate"]

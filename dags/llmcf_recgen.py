@@ -29,6 +29,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from llmcf_airflow.partitions import job_env_vars
 from llmcf_airflow.ray_job import RayJobOperator, force_param
+from llmcf_core import fsio
 from llmcf_core.config import load_config
 
 SETTINGS = load_config()
@@ -62,7 +63,7 @@ INSTRUCTION_ARGS = [
 
 recgen_asset = Asset(
     name="llmcf_recgen_model",
-    uri=f"file://{SETTINGS.home}/models/recgen",
+    uri=fsio.uri(SETTINGS.home / "models" / "recgen"),
     extra={"layout": "models/recgen/<version>/ + latest"},
 )
 

@@ -46,6 +46,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 from llmcf_airflow.callbacks import on_failure
 from llmcf_airflow.partitions import job_env_vars, partition_for_run, verify_published
 from llmcf_airflow.ray_job import RayJobOperator, force_param
+from llmcf_core import fsio
 from llmcf_core.config import load_config
 from llmcf_core.paths import InvalidArgument
 
@@ -60,7 +61,7 @@ JOB_ENV = {"env_vars": job_env_vars(SETTINGS)}
 
 
 def _asset(name: str, layout: str) -> Asset:
-    return Asset(name=f"llmcf_{name}", uri=f"file://{SETTINGS.home}/{name}", extra={"layout": layout})
+    return Asset(name=f"llmcf_{name}", uri=fsio.uri(SETTINGS.home / name), extra={"layout": layout})
 
 
 samples_asset = _asset("samples", "<dataset>/samples/dt=YYYY-MM-DD/")

@@ -11,10 +11,12 @@ import datetime as dt
 import functools
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from llmcf_core import fsio
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -259,9 +261,13 @@ class RecConfig(_Strict):
     publish_tolerance: float = Field(0.002, ge=0)  # a new model may be this much worse on valid
 
 
+def _home_path(value: Any) -> Any:
+    return fsio.resolve(value)
+
+
 class Settings(_Strict):
     profile: str
-    home: Path
+    home: Annotated[Any, BeforeValidator(_home_path)]  # pathlib.Path, or a UPath for an object-store URL
     datasets: dict[str, DatasetConfig]
     ray: RayConfig = RayConfig()
     quality: QualityConfig = QualityConfig()
@@ -282,12 +288,10 @@ class Settings(_Strict):
             raise KeyError(f"unknown dataset {name!r} (configured: {known})") from None
 
 
-def _resolve_home(raw: str | None) -> Path:
+def _resolve_home(raw: str | None) -> Any:
+    """The data root: a local folder (made absolute) or an object-store URL (s3://, gs://, ...)."""
     value = os.environ.get("LLMCF_HOME") or raw or str(REPO_ROOT / ".llmcf")
-    if "://" in value:
-        # Fail loudly rather than write to a local folder named "s3:"; see docs/deploy.md.
-        raise ValueError(f"LLMCF_HOME={value!r}: object-store data roots are not supported yet")
-    return Path(value).expanduser().resolve()
+    return fsio.resolve(str(value))
 
 
 def load_config_file(path: Path) -> Settings:

@@ -10,6 +10,8 @@ import datetime as dt
 import re
 from pathlib import Path
 
+from llmcf_core import fsio
+
 _DATASET_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _PARTITION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -53,11 +55,13 @@ def utc_day(ts: int) -> dt.date:
 class DataPaths:
     """Artifact locations of one dataset under the data root."""
 
-    def __init__(self, home: Path, dataset: str) -> None:
-        self.home = Path(home).resolve()
+    def __init__(self, home: Path | str, dataset: str) -> None:
+        # A local folder or an object-store URL (a UPath: same joins). Dataset names are restricted
+        # to [a-z0-9_.-] without "..", so no name can leave the root in either case.
+        self.home = fsio.resolve(home)
         self.dataset = check_dataset_name(dataset)
         self.root = self.home / self.dataset
-        if self.home not in self.root.parents:
+        if str(self.root.parent).rstrip("/") != str(self.home).rstrip("/"):
             raise InvalidArgument(f"dataset {dataset!r} resolves outside the data root")
 
     def artifact(self, name: str) -> Path:

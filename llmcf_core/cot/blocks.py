@@ -9,15 +9,14 @@ one. Publication merges the published table (if any) and the blocks, later rows 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import uuid
-from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from llmcf_core import fsio
 
 COT_SCHEMA = pa.schema(
     [
@@ -49,10 +48,10 @@ def empty_table() -> pa.Table:
 class BlockStore:
     """Committed blocks of one (partition, version), under ``<day>/_blocks/<version>/``."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
+    def __init__(self, folder: Any) -> None:
+        self.folder = fsio.as_path(folder)  # local, or a prefix on an object store
 
-    def files(self) -> list[Path]:
+    def files(self) -> list[Any]:
         if not self.folder.is_dir():
             return []
         found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := _BLOCK.match(p.name))]
@@ -63,31 +62,23 @@ class BlockStore:
         return int(_BLOCK.match(files[-1].name).group(1)) + 1 if files else 0
 
     def read(self) -> pa.Table:
-        tables = [pq.read_table(p, schema=COT_SCHEMA) for p in self.files()]
+        tables = [fsio.read_parquet(p, schema=COT_SCHEMA) for p in self.files()]
         return pa.concat_tables(tables) if tables else empty_table()
 
-    def write(self, index: int, table: pa.Table) -> Path:
-        """Commit one block: write a hidden temp file, fsync, rename into place."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def write(self, index: int, table: pa.Table) -> Any:
+        """Commit one block atomically (local: temp file, fsync, rename; object store: one PUT)."""
         final = self.folder / f"block-{index:05d}.parquet"
         if final.exists():
             raise FileExistsError(f"{final} is already committed")
-        tmp = self.folder / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-        pq.write_table(table.cast(COT_SCHEMA), tmp, compression="zstd")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.rename(tmp, final)
-        fd = os.open(self.folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table.cast(COT_SCHEMA), sink, compression="zstd")
+        fsio.write_bytes_atomic(final, sink.getvalue().to_pybytes())
         return final
 
     def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-        parent = self.folder.parent
-        if parent.is_dir() and not any(parent.iterdir()):
+        fsio.rmtree(self.folder)
+        parent = fsio.local_path(self.folder.parent)  # object stores have no empty folders
+        if parent is not None and parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()
 
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmcf_core import fsio
 from llmcf_core.paths import DataPaths, InvalidArgument
 
 ARTIFACT = "cot"
@@ -93,14 +92,7 @@ def write_current(paths: DataPaths, model_version: str, prompt_version: str) -> 
     }
     if read_current(paths) == wanted:
         return False
-    root = cot_root(paths)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{CURRENT_FILE}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(wanted, fh, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, root / CURRENT_FILE)
+    fsio.write_text_atomic(cot_root(paths) / CURRENT_FILE, json.dumps(wanted, sort_keys=True))
     return True
 
 
@@ -113,8 +105,8 @@ class ModelRef:
     model_version: str
 
 
-def recgen_dir(home: Path) -> Path:
-    return Path(home) / "models" / "recgen"
+def recgen_dir(home: Any) -> Any:
+    return fsio.as_path(home) / "models" / "recgen"
 
 
 def _recgen_version(home: Path, requested: str) -> str:
@@ -147,7 +139,8 @@ def resolve_cot_model(spec: str, home: Path) -> ModelRef:
         folder = recgen_dir(home) / version
         if not (folder / "config.json").is_file():
             raise InvalidArgument(f"RecGen version {version!r} has no model at {folder}")
-        return ModelRef(spec, folder, sanitize_version(f"recgen-{version}"))
+        # Engines load local folders: a model in an object-store registry is copied to the cache.
+        return ModelRef(spec, fsio.local_copy(folder), sanitize_version(f"recgen-{version}"))
     try:
         folder = models.resolve_model(spec, home)
     except FileNotFoundError as exc:

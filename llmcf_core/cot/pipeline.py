@@ -22,7 +22,6 @@ import functools
 import json
 import logging
 import os
-import shutil
 import signal
 import time
 from collections import defaultdict
@@ -32,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from llmcf_core import quality, storage
+from llmcf_core import fsio, quality, storage
 from llmcf_core.config import CotConfig, Settings
 from llmcf_core.cot import layout
 from llmcf_core.cot.blocks import BlockStore, empty_table, merge_rows, to_table
@@ -388,7 +387,7 @@ def generate_cot_partition(
         },
     )
     store.clear()
-    shutil.rmtree(quarantine, ignore_errors=True)
+    fsio.rmtree(quarantine)
     moved = layout.write_current(paths, mv, pv) if cfg.promote else False
     return CotResult(
         dataset=dataset,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from llmcf_core import quality, storage
+from llmcf_core import fsio, quality, storage
 from llmcf_core.config import DatasetConfig, Settings
 from llmcf_core.data import items as items_mod
 from llmcf_core.data import samples as samples_mod
@@ -28,7 +27,7 @@ from llmcf_core.paths import DataPaths, InvalidArgument, utc_day
 log = logging.getLogger(__name__)
 
 # Bump when the staged layout or the loaders change, so old caches are not reused.
-_STAGING_VERSION = "1"
+_STAGING_VERSION = "2"
 
 
 @dataclass
@@ -78,20 +77,15 @@ def _staged_frames(paths: DataPaths, src: RawSource) -> tuple[pd.DataFrame, pd.D
         return items, load_interactions(src, items)
     key = hashlib.sha256("|".join([_STAGING_VERSION, *src.fingerprint_parts()]).encode()).hexdigest()[:16]
     folder = paths.staging / f"raw-{key}"
-    inter_file, items_file = folder / "interactions.parquet", folder / "items.parquet"
-    if inter_file.is_file() and items_file.is_file():
-        return pd.read_parquet(items_file), pd.read_parquet(inter_file)
+    # Two published tables (atomic each, local or object store); concurrent runs write the same bytes.
+    inter_dir, items_dir = folder / "interactions", folder / "items"
+    if storage.is_published(inter_dir) and storage.is_published(items_dir):
+        return storage.read_partition(items_dir).to_pandas(), storage.read_partition(inter_dir).to_pandas()
     items = load_items(src)
     inter = load_interactions(src, items)
     items = items.drop(columns=[c for c in items.columns if c.startswith("_")])
-    tmp = folder.with_name(f".{folder.name}.tmp-{key}-{id(inter)}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    items.to_parquet(tmp / "items.parquet", index=False)
-    inter.to_parquet(tmp / "interactions.parquet", index=False)
-    try:
-        tmp.rename(folder)
-    except OSError:  # another run staged the same inputs first
-        shutil.rmtree(tmp, ignore_errors=True)
+    storage.publish_table(pa.Table.from_pandas(items, preserve_index=False), items_dir)
+    storage.publish_table(pa.Table.from_pandas(inter, preserve_index=False), inter_dir)
     return items, inter
 
 
@@ -184,7 +178,7 @@ def ingest_partition(
         {"dataset": dataset, "partition": partition, "source": src.kind, "checks": samples_report.to_dict()},
     )
     for artifact in ("items", "interactions", "samples"):  # a clean run clears stale quarantine
-        shutil.rmtree(paths.quarantine(artifact, day), ignore_errors=True)
+        fsio.rmtree(paths.quarantine(artifact, day))
     split = samples_mod.split_of(day, cfg.valid_start, cfg.test_start)
     return IngestResult(
         dataset=dataset,

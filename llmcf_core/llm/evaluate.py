@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmcf_core import fsio
 from llmcf_core.paths import InvalidArgument
 
 
@@ -375,7 +376,12 @@ def evaluate_candidate(
         models[label] = resolve_any(home, name)
     models[f"RecGen ({version})"] = folder
     results = {
-        label: evaluate_model(path, sets, max_length=max_length, batch_size=rc.eval_batch_size)
+        label: evaluate_model(
+            fsio.local_copy(path, marker=registry.METADATA_FILE),
+            sets,
+            max_length=max_length,
+            batch_size=rc.eval_batch_size,
+        )
         for label, path in models.items()
     }
     base_label, cand_label = next(iter(models)), f"RecGen ({version})"
@@ -387,7 +393,7 @@ def evaluate_candidate(
     )
     decision.update(version=version, evaluated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     out = folder / registry.EVAL_DIR
-    out.mkdir(parents=True, exist_ok=True)
+    fsio.makedirs(out)
     metrics = {
         "version": version,
         "dataset": dataset,
@@ -398,7 +404,7 @@ def evaluate_candidate(
         "gate": decision,
     }
     registry.write_json_atomic(out / registry.METRICS_FILE, metrics)
-    (out / "balance.md").write_text(balance_table(results, sets.info), encoding="utf-8")
+    fsio.write_text_atomic(out / "balance.md", balance_table(results, sets.info))
     registry.write_json_atomic(out / registry.GATE_FILE, decision)  # last: publish reads it
     return {
         "version": version,

@@ -22,12 +22,11 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from llmcf_core import storage
+from llmcf_core import fsio, storage
 from llmcf_core.config import Settings
 from llmcf_core.paths import DataPaths, InvalidArgument, parse_partition
 from llmcf_core.quality import CheckReport, DataCheckFailed, Rule, failing_rows, run_rules
@@ -475,7 +474,7 @@ def build_instructions(settings: Settings, spec: InstructionSpec) -> Instruction
             "tokenizer": tokenizer_tag(model_dir),
         },
     )
-    shutil.rmtree(paths.quarantine(ARTIFACT, spec.window_end) / version, ignore_errors=True)
+    fsio.rmtree(paths.quarantine(ARTIFACT, spec.window_end) / version)
     return InstructionResult(
         spec.dataset, partition, version, published.path, published.rows, published.changed, counts
     )

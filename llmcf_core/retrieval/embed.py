@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from llmcf_core import storage
+from llmcf_core import fsio, storage
 from llmcf_core.config import EmbeddingConfig, Settings
 from llmcf_core.paths import InvalidArgument
 from llmcf_core.retrieval.layout import RetrievalPaths
@@ -51,6 +51,13 @@ def resolve_encoder_folder(cfg: EmbeddingConfig, home: Path) -> Path:
     if cfg.model.startswith("package:"):
         package, _, sub = cfg.model.removeprefix("package:").partition("/")
         folder = _package_dir(package) / sub
+    elif fsio.is_url(cfg.model) or fsio.is_url(home):
+        # On an object store (an absolute URL, or relative to a URL data root): a local copy.
+        url = cfg.model if fsio.is_url(cfg.model) else fsio.as_path(home) / cfg.model
+        try:
+            folder = fsio.local_copy(url)
+        except FileNotFoundError as exc:
+            raise InvalidArgument(f"embedding model {cfg.model!r}: {exc}") from None
     else:
         path = Path(cfg.model).expanduser()
         folder = path if path.is_absolute() else Path(home) / path

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from llmcf_core import quality, storage
+from llmcf_core import fsio, quality, storage
 from llmcf_core.config import Settings
 from llmcf_core.paths import InvalidArgument
 from llmcf_core.retrieval import checks
@@ -215,7 +214,7 @@ def _report_from_dict(raw: dict[str, Any]) -> quality.CheckReport:
 def publish_pool(settings: Settings, prepared: PreparedPool, extra: dict[str, Any]) -> storage.PublishResult:
     paths = RetrievalPaths(settings.home, prepared.spec.dataset, prepared.spec.embedder)
     result = storage.publish_table(prepared.table, paths.pool(prepared.day), prepared.metadata(extra))
-    shutil.rmtree(paths.data.quarantine("pool", prepared.day), ignore_errors=True)
+    fsio.rmtree(paths.data.quarantine("pool", prepared.day))
     return result
 
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import shutil
 import time
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from llmcf_core import quality, storage
+from llmcf_core import fsio, quality, storage
 from llmcf_core.config import Settings
 from llmcf_core.paths import InvalidArgument, day_bounds
 from llmcf_core.retrieval import checks
@@ -147,7 +146,7 @@ def retrieve_partition(
             **facts,
         },
     )
-    shutil.rmtree(quarantine, ignore_errors=True)
+    fsio.rmtree(quarantine)
     n = len(samples)
     return {
         "dataset": dataset,

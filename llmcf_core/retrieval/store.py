@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from llmcf_core import fsio
 from llmcf_core.config import QdrantConfig
 from llmcf_core.paths import InvalidArgument
 from llmcf_core.retrieval.layout import URL_ENV, PoolSpec, alias_name, collection_name, generation_of
@@ -92,9 +93,12 @@ class Hit:
     score: float
 
 
-def local_path(cfg: QdrantConfig, home: Path) -> Path:
+def local_path(cfg: QdrantConfig, home: Any) -> Path:
+    """Qdrant's embedded (local mode) folder; always local: in the cache for an object-store root."""
     path = Path(cfg.path).expanduser()
-    return path if path.is_absolute() else Path(home) / path
+    if path.is_absolute():
+        return path
+    return (fsio.cache_root() if fsio.is_url(home) else Path(home)) / path
 
 
 def server_url(cfg: QdrantConfig) -> str | None:

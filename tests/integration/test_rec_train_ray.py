@@ -1,7 +1,9 @@
 """Ray Train: the training job on 2 DDP workers (gloo, CPU) over Ray Data shards, its epoch
 checkpoints, and resuming the same run from its last checkpoint.
 
-One test on purpose: each TorchTrainer start costs ~20 s on a 2-core machine.
+One test on purpose: each TorchTrainer start costs ~20 s on a 2-core machine. Its data root is an
+object-store URL (``lobj://``, see ``llmcf_core.fsio``): Ray Train writes its checkpoints through
+``storage_filesystem`` and the model version is uploaded with metrics.json last, as on S3/GCS.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import pytest
 
 from jobs import train_rec
+from llmcf_core import fsio
 from llmcf_core.config import load_config
 from llmcf_core.rec import registry
 from llmcf_core.rec.dataset import load_tables
@@ -30,13 +33,23 @@ def local_ray():
     ray.shutdown()  # the job started an in-process Ray instance; stop it with the test
 
 
+@pytest.fixture
+def object_store_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMCF_HOME", f"lobj://{tmp_path / 'bucket' / 'llmcf'}")
+    monkeypatch.setenv("LLMCF_CACHE", str(tmp_path / "cache"))
+    load_config.cache_clear()
+    yield fsio.as_path(f"lobj://{tmp_path / 'bucket' / 'llmcf'}")
+    load_config.cache_clear()
+
+
 @pytest.mark.slow
-def test_two_workers_checkpoint_and_resume(llmcf_home, local_ray, capsys):
+def test_two_workers_checkpoint_and_resume(object_store_home, local_ray, capsys):
+    llmcf_home = object_store_home
     write_synthetic_dataset(llmcf_home, "synth", n_users=16, n_items=20, days=(3, 1, 1))
     argv = ["--dataset", "synth", "--model", "DIN", "--variant", "llmcf", "--embedder", EMBEDDER]
     assert train_rec.main([*argv, "--workers", "2", "--max-epochs", "1"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("LLMCF_RESULT "))
-    assert result["trained"] and result["epochs"] == 1
+    assert result["trained"] and result["epochs"] == 1 and result["path"].startswith("lobj://")
 
     folder = registry.version_dir(llmcf_home, "DIN", "llmcf", result["version"])
     metrics = json.loads((folder / "metrics.json").read_text())

@@ -6,6 +6,12 @@
 - evaluation + publish: the balance table is written; a lenient gate publishes and moves `latest`;
   a strict gate refuses and `latest` stays.
 
+The data root is an object-store URL (``lobj://``, a local folder with object-store semantics,
+see ``llmcf_core.fsio``): instruction data, Ray Train checkpoints (``storage_filesystem``), the
+scan for unregistered checkpoints, the exported candidate, the evaluation and the registry all go
+through fsspec as they would on S3/GCS. ``tests/integration/test_recgen_dag.py`` runs the same
+chain on a local data root.
+
 The first run on a machine JIT-compiles DeepSpeed's CPU comm op (~70 s) into
 ``.cache/torch_extensions`` (git-ignored); later runs reuse it.
 """
@@ -17,6 +23,7 @@ import json
 
 import pytest
 
+from llmcf_core import fsio
 from llmcf_core.llm import instructions, registry
 
 pytestmark = pytest.mark.slow
@@ -35,10 +42,10 @@ def recgen(tmp_path_factory):
     from jobs import ingest
     from llmcf_core.config import load_config
 
-    home = tmp_path_factory.mktemp("recgen") / "home"
-    home.mkdir()
+    base = tmp_path_factory.mktemp("recgen")
     patch = pytest.MonkeyPatch()
-    patch.setenv("LLMCF_HOME", str(home))
+    patch.setenv("LLMCF_HOME", f"lobj://{base / 'bucket' / 'llmcf'}")
+    patch.setenv("LLMCF_CACHE", str(base / "cache"))  # local copies of models live here
     patch.delenv("RAY_ADDRESS", raising=False)  # not the session head's dashboard URL: a local instance
     load_config.cache_clear()
     try:
@@ -109,6 +116,8 @@ def test_zero3_run_killed_after_a_checkpoint_resumes_and_exports(recgen):
     assert meta["instructions"]["window"] == ["1998-01-15", "1998-01-16"]
 
     candidate = registry.candidate_dir(settings.home, "z3")
+    assert fsio.is_url(candidate) and candidate.fs.isfile(f"{candidate.path}/model.safetensors")
+    candidate = fsio.local_copy(candidate, marker=registry.METADATA_FILE)  # what the evaluator loads
     model = AutoModelForCausalLM.from_pretrained(candidate)
     tok = AutoTokenizer.from_pretrained(candidate)
     ids = tok("Hello", return_tensors="pt")
@@ -173,3 +182,11 @@ def test_evaluation_writes_the_balance_table_and_the_gate_decides(recgen):
     registry.publish(settings.home, "z2")
     assert registry.latest_version(settings.home) == "z2"
     assert (registry.version_dir(settings.home, "z2") / "eval" / "gate.json").is_file()
+    # On an object store publishing copies the candidate (metadata.json last) and removes it.
+    assert not registry.candidate_dir(settings.home, "z2").exists()
+
+    from llmcf_core.cot.layout import resolve_cot_model
+
+    ref = resolve_cot_model("recgen:latest", settings.home)  # the CoT stage loads a local copy
+    assert ref.model_version == "recgen-z2" and (ref.path / "config.json").is_file()
+    assert not fsio.is_url(ref.path) and str(fsio.cache_root()) in str(ref.path)

@@ -83,6 +83,44 @@ def test_replay_runs_every_stage_for_every_day_and_reruns_change_nothing(
         assert store.count(store.live(DATASET)[0]) == 30
 
 
+def test_replay_on_an_object_store_root_publishes_the_same_data(
+    llmcf_home, tiny_dir, tmp_path, monkeypatch, capsys
+):
+    """The same replay with ``LLMCF_HOME=memory://...`` (fsspec's in-memory filesystem standing in
+    for S3/GCS): every partition has the same content hash as on a local root, is committed by its
+    manifest naming a content-addressed part file, and nothing lands in a local folder."""
+    import fsspec
+
+    from llmcf_core.config import load_config
+
+    logs = write_logs(tmp_path / "logs")
+    assert replay.main(_argv(logs, tiny_dir)) == 0
+    local = _manifests(DataPaths(llmcf_home, DATASET))
+
+    bucket = f"llmcf-replay-{tmp_path.name[-12:]}"
+    monkeypatch.setenv("LLMCF_HOME", f"memory://{bucket}/llmcf")
+    monkeypatch.setenv("LLMCF_CACHE", str(tmp_path / "cache"))  # embedded Qdrant stays local
+    monkeypatch.chdir(tmp_path)
+    load_config.cache_clear()
+    fs = fsspec.filesystem("memory")
+    try:
+        assert replay.main(_argv(logs, tiny_dir)) == 0
+        result = _result(capsys)
+        remote = _manifests(DataPaths(f"memory://{bucket}/llmcf", DATASET))
+        assert result["samples_rows"] == 30 and result["cot_generated"] == 30
+        assert {k: m["sha256"] for k, m in remote.items()} == {k: m["sha256"] for k, m in local.items()}
+        for key, manifest in remote.items():
+            assert manifest["file"] == f"part-{manifest['sha256'][:16]}.parquet"
+            assert fs.isfile(f"/{bucket}/llmcf/{DATASET}/{key.replace('/', '/dt=', 1)}/{manifest['file']}")
+        assert fs.cat(f"/{bucket}/llmcf/{DATASET}/cot/CURRENT")  # the CoT pointer, one object
+        assert not list(fs.glob(f"/{bucket}/llmcf/{DATASET}/cot/*/_blocks/*"))  # blocks cleaned up
+        assert not (tmp_path / "memory:").exists()
+        assert (tmp_path / "cache" / "qdrant").is_dir()
+    finally:
+        fs.rm(f"/{bucket}", recursive=True)
+        load_config.cache_clear()
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -1,15 +1,15 @@
-"""Object-store data roots (s3://, gs://) for the cluster profile: what works today, what does not yet.
+"""Object-store data roots (s3://, gs://, any fsspec URL) for the cluster profile.
 
-Today llmcf_core builds local pathlib paths (config._resolve_home, paths.DataPaths, storage.*,
-data.sources), so a deployment keeps $LLMCF_HOME on a shared POSIX volume (docs/deploy.md). fsspec's
-in-memory filesystem stands in for the object store here (no network, no credentials):
+fsspec's in-memory filesystem stands in for S3/GCS here (no network, no credentials); the
+integration tests use ``lobj://`` (``llmcf_core.fsio``: a local folder with object-store semantics)
+where the work crosses Ray worker processes. What is checked here:
 
-- the building blocks work: pyarrow and pandas read and write Parquet through fsspec URLs, and
-  universal_pathlib's UPath (installed with Airflow, whose ObjectStoragePath builds on it) keeps the
-  artifact layout for URLs;
-- the library does not accept URLs yet. Each ``xfail(strict=True)`` test states one required
-  behaviour; it turns into a failure (XPASS) the day that behaviour works, so whoever adds
-  object-store support removes the mark. docs/deploy.md ("Object stores") lists the changes.
+- the building blocks: pyarrow/pandas read and write Parquet through fsspec URLs, UPath keeps the
+  ``<home>/<dataset>/<artifact>/dt=YYYY-MM-DD/`` layout;
+- the library: the profile's ``home`` may be a URL, DataPaths builds URLs, ``storage`` publishes
+  with the manifest as the commit point (content-addressed part files, idempotent republish, old
+  parts cleaned up), the check tasks read manifests, ``jobs.ingest`` reads object-store inputs,
+  ``fsio``'s atomic writes / local copies / uploads, and both model registries publish on a URL.
 """
 
 from __future__ import annotations
@@ -24,12 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llmcf_core import storage
+from llmcf_core import fsio, storage
 from llmcf_core.config import CONFIG_DIR, load_config_file
 from llmcf_core.paths import DataPaths, partition_dir_name
 
 DAY = dt.date(1998, 1, 15)
-NOT_YET = "object-store data roots are not supported yet (docs/deploy.md, 'Object stores')"
 
 
 @pytest.fixture
@@ -76,33 +75,28 @@ def test_upath_keeps_the_artifact_layout_for_urls(bucket, tmp_path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Required, not there yet
+# The library on an object store
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_cluster_home_may_be_an_object_store_url(monkeypatch) -> None:
-    # Today the URL is resolved as a local path: <cwd>/s3:/llmcf-bucket/prod.
     monkeypatch.setenv("LLMCF_HOME", "s3://llmcf-bucket/prod")
     assert str(load_config_file(CONFIG_DIR / "cluster.yaml").home) == "s3://llmcf-bucket/prod"
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_data_paths_accept_a_url() -> None:
     paths = DataPaths("memory://llmcf-bucket/llmcf", "ml-100k")  # type: ignore[arg-type]
     assert str(paths.samples(DAY)) == "memory://llmcf-bucket/llmcf/ml-100k/samples/dt=1998-01-15"
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_publish_table_writes_to_an_object_store(bucket, table, tmp_path, monkeypatch) -> None:
     fs, name = bucket
-    monkeypatch.chdir(tmp_path)  # today the URL becomes a relative local folder: keep it in tmp
+    monkeypatch.chdir(tmp_path)  # a URL taken for a relative local folder would land here
     final = f"memory://{name}/llmcf/ml-100k/samples/{partition_dir_name(DAY)}"
     storage.publish_table(table, final, {"partition": DAY.isoformat()})  # type: ignore[arg-type]
     assert fs.exists(f"{name}/llmcf/ml-100k/samples/{partition_dir_name(DAY)}/{storage.MANIFEST}")
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_check_tasks_read_manifests_from_an_object_store(bucket, table) -> None:
     fs, name = bucket
     folder = f"{name}/llmcf/ml-100k/samples/{partition_dir_name(DAY)}"
@@ -112,9 +106,8 @@ def test_check_tasks_read_manifests_from_an_object_store(bucket, table) -> None:
     assert storage.read_partition(f"memory://{folder}").equals(table)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_ingest_job_accepts_object_store_inputs(bucket, llmcf_home) -> None:
-    """`jobs.ingest --interactions s3://... --items s3://...` (today: exit 2, 'input file not found')."""
+    """`jobs.ingest --interactions s3://... --items s3://...` reads the inputs through fsspec."""
     from jobs import ingest
 
     fs, name = bucket
@@ -131,3 +124,107 @@ def test_ingest_job_accepts_object_store_inputs(bucket, llmcf_home) -> None:
         ]
     )  # fmt: skip
     assert rc == 0
+
+
+def test_republishing_on_an_object_store_is_idempotent_and_keeps_one_previous_part(bucket, table) -> None:
+    fs, name = bucket
+    final = f"memory://{name}/llmcf/ds/samples/{partition_dir_name(DAY)}"
+    first = storage.publish_table(table, final, {"partition": DAY.isoformat()})
+    assert first.changed and storage.read_manifest(final)["file"] == f"part-{first.sha256[:16]}.parquet"
+    assert storage.publish_table(table, final).changed is False  # same bytes: nothing written
+
+    versions = [pa.table({"sample_id": [f"v{i}"], "label": pa.array([i % 2], pa.int8())}) for i in range(3)]
+    results = [storage.publish_table(t, final) for t in versions]
+    assert storage.read_partition(final).equals(versions[-1])
+    parts = sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{name}/llmcf/ds") if "/part-" in p)
+    # The current part and the one before it (a reader holding the older manifest can finish).
+    assert parts == sorted(f"part-{r.sha256[:16]}.parquet" for r in results[-2:])
+    assert storage.read_manifest(final)["rows"] == 1
+
+
+def test_quarantine_and_unpublished_folders_on_an_object_store(bucket, table) -> None:
+    fs, name = bucket
+    folder = f"memory://{name}/llmcf/ds/quarantine/samples/{partition_dir_name(DAY)}"
+    storage.write_quarantine(table, folder, {"rule": "r", "failed": 2})
+    assert storage.read_manifest(folder)["report"] == {"rule": "r", "failed": 2}
+    with pytest.raises(FileNotFoundError, match="not a published partition"):
+        storage.read_partition(f"memory://{name}/llmcf/ds/samples/{partition_dir_name(DAY)}")
+    fsio.rmtree(folder)
+    assert not fs.exists(f"{name}/llmcf/ds/quarantine/samples")
+
+
+def test_fsio_writes_copies_and_uploads(bucket, tmp_path, monkeypatch) -> None:
+    fs, name = bucket
+    monkeypatch.setenv("LLMCF_CACHE", str(tmp_path / "cache"))
+    pointer = f"memory://{name}/models/latest"
+    assert fsio.read_json(pointer) is None
+    fsio.write_json_atomic(pointer, {"version": "a"})
+    assert fsio.read_json(pointer) == {"version": "a"}
+
+    local = tmp_path / "model"
+    (local / "sub").mkdir(parents=True)
+    (local / "config.json").write_text("{}")
+    (local / "sub" / "w.bin").write_bytes(b"123")
+    (local / "metadata.json").write_text('{"v": 1}')
+    fsio.upload_dir(local, f"memory://{name}/models/m1", last="metadata.json")
+    assert sorted(fs.find(f"{name}/models/m1")) == [
+        f"/{name}/models/m1/config.json",
+        f"/{name}/models/m1/metadata.json",
+        f"/{name}/models/m1/sub/w.bin",
+    ]
+    copy = fsio.local_copy(f"memory://{name}/models/m1", marker="metadata.json")
+    assert not fsio.is_url(copy) and (copy / "sub" / "w.bin").read_bytes() == b"123"
+    assert str(tmp_path / "cache") in str(copy)
+    assert fsio.local_copy(f"memory://{name}/models/m1", marker="metadata.json") == copy  # cached
+    fs.pipe(f"{name}/models/m1/sub/w.bin", b"456")
+    fs.pipe(f"{name}/models/m1/metadata.json", b'{"v": 22}')  # a new export: the marker changed
+    assert (
+        fsio.local_copy(f"memory://{name}/models/m1", marker="metadata.json") / "sub" / "w.bin"
+    ).read_bytes() == b"456"
+    with pytest.raises(FileNotFoundError, match="no metadata.json"):
+        fsio.local_copy(f"memory://{name}/models/none", marker="metadata.json")
+    # lobj:// paths are deliberately not os.PathLike: no code can fall back to local file calls.
+    assert not hasattr(fsio.as_path(f"lobj://{tmp_path}/x"), "__fspath__")
+
+
+def test_rec_registry_publishes_on_an_object_store(bucket, tmp_path) -> None:
+    from llmcf_core.rec import registry as rec_registry
+
+    fs, name = bucket
+    home = fsio.as_path(f"memory://{name}/llmcf")
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "model.pt").write_bytes(b"weights")
+    metrics = {"primary_metric": "auc", "valid": {"auc": 0.7}}
+    (staged / "metrics.json").write_text(json.dumps(metrics))
+    final = rec_registry.version_dir(home, "DIN", "base", "ds-all-s0-abc123")
+    rec_registry.commit_folder(staged, final)
+    assert rec_registry.is_complete(final) and not staged.exists()
+    decision = rec_registry.publish_gate(home, "ds", "DIN", "base", "ds-all-s0-abc123", tolerance=0.0)
+    assert (
+        decision.published and rec_registry.current_version(home, "ds", "DIN", "base") == "ds-all-s0-abc123"
+    )
+    assert rec_registry.trained_version(home, "ds", "DIN", "base", None) == "ds-all-s0-abc123"
+
+
+def test_recgen_registry_refuses_then_publishes_on_an_object_store(bucket) -> None:
+    from llmcf_core.llm import registry
+
+    fs, name = bucket
+    home = fsio.as_path(f"memory://{name}/llmcf")
+    cand = registry.candidate_dir(home, "v1")
+    fs.pipe(f"{cand.path}/config.json", b"{}")
+    fs.pipe(f"{cand.path}/model.safetensors", b"w")
+    fs.pipe(f"{cand.path}/metadata.json", b"{}")
+    with pytest.raises(registry.GateRefused, match="has not been evaluated"):
+        registry.publish(home, "v1")
+    fsio.write_json_atomic(cand / "eval" / "gate.json", {"passed": False, "reasons": ["worse"]})
+    with pytest.raises(registry.GateRefused, match="worse"):
+        registry.publish(home, "v1")
+    assert registry.latest_version(home) is None
+    fsio.write_json_atomic(cand / "eval" / "gate.json", {"passed": True})
+    out = registry.publish(home, "v1")
+    assert out["changed"] and registry.latest_version(home) == "v1"
+    assert registry.is_model_dir(registry.version_dir(home, "v1")) and not cand.exists()
+    assert fs.isfile(f"{registry.version_dir(home, 'v1').path}/eval/gate.json")
+    assert registry.publish(home, "v1")["changed"] is False  # a retry is a no-op
