@@ -125,7 +125,10 @@ def resume_folder(stack: contextlib.ExitStack, registered: Any, cfg: dict, rank:
     if choice[0] == "registered":
         return Path(stack.enter_context(registered.as_directory()))
     if fsio.is_url(choice[0]):
-        local = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recgen-resume-")))
+        fsio.cache_root().mkdir(parents=True, exist_ok=True)  # the pods' cache volume, not /tmp
+        local = Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="recgen-resume-", dir=fsio.cache_root()))
+        )
         return fsio.download_dir(choice[0], local)
     return Path(choice[0])
 
@@ -149,7 +152,8 @@ def _export(engine: Any, tok: Any, cfg: dict, rank: int, state: dict) -> None:
     if rank == 0:
         final = fsio.as_path(cfg["export_dir"])
         if fsio.is_url(final):  # written locally, then uploaded with metadata.json last
-            staged = Path(tempfile.mkdtemp(prefix="recgen-export-"))
+            fsio.cache_root().mkdir(parents=True, exist_ok=True)
+            staged = Path(tempfile.mkdtemp(prefix="recgen-export-", dir=fsio.cache_root()))
         else:
             final.parent.mkdir(parents=True, exist_ok=True)
             staged = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")

@@ -35,6 +35,7 @@ DOCKER = ROOT / "docker"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 DATA_ROOT = "/mnt/llmcf"
 DATA_CLAIM = "llmcf-data"
+DATA_ROOT_CONFIGMAP = "llmcf-data-root"  # LLMCF_HOME / LLMCF_CACHE of every Ray and Airflow pod
 # Oldest and newest Kubernetes minor versions the manifests must be valid for.
 K8S_VERSIONS = ("1.31", "1.37")
 
@@ -322,6 +323,26 @@ def test_every_ray_pod_mounts_the_data_volume_and_uses_the_cluster_profile() -> 
             assert mounts["/models"]["subPath"] == "models" and mounts["/models"]["readOnly"] is True
 
 
+def test_the_data_root_of_every_ray_pod_comes_from_one_configmap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LLMCF_HOME (the volume or an object-store URL) and LLMCF_CACHE: one ConfigMap, a cache volume."""
+    data = _manifest("ConfigMap", DATA_ROOT_CONFIGMAP)["data"]
+    assert data["LLMCF_HOME"] == DATA_ROOT
+    for group, template in _pod_templates(_manifest("RayCluster", "llmcf-ray")):
+        container = template["spec"]["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        for key in ("LLMCF_HOME", "LLMCF_CACHE"):
+            assert env[key]["valueFrom"]["configMapKeyRef"] == {"name": DATA_ROOT_CONFIGMAP, "key": key}, (
+                group
+            )
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        assert "emptyDir" in volumes[mounts[data["LLMCF_CACHE"]]], group
+    # Switching to an object store is that one value: the cluster profile accepts the URL.
+    monkeypatch.setenv("LLMCF_HOME", "s3://my-bucket/llmcf")
+    home = load_config_file(ROOT / "configs" / "cluster.yaml").home
+    assert str(home) == "s3://my-bucket/llmcf" and str(home / "ml-1m") == "s3://my-bucket/llmcf/ml-1m"
+
+
 def test_absolute_paths_of_the_cluster_profile_are_mounted_in_ray_pods(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -363,7 +384,11 @@ def test_airflow_values() -> None:
     for env in values["env"]:
         assert _schema_errors("envvar-v1", env) == [], env
     env = {e["name"]: e["value"] for e in values["env"]}
-    assert env["LLMCF_PROFILE"] == "cluster" and env["LLMCF_HOME"] == DATA_ROOT
+    assert env["LLMCF_PROFILE"] == "cluster" and "LLMCF_HOME" not in env
+    env_from = yaml.safe_load(values["extraEnvFrom"])  # a templated string in the chart
+    assert env_from == [{"configMapRef": {"name": DATA_ROOT_CONFIGMAP}}]
+    for source in env_from:
+        assert _schema_errors("envfromsource-v1", source) == [], source
     for volume in values["volumes"]:
         assert _schema_errors("volume-v1", volume) == [], volume
     for mount in values["volumeMounts"]:
@@ -501,7 +526,8 @@ def test_compose_stack() -> None:
             assert mounts.get(DATA_ROOT) == _env_example()["LLMCF_DATA_DIR"], name
             assert mounts.get("/models") == _env_example()["LLMCF_DATA_DIR"] + "/models", name
             env = svc["environment"]
-            assert env["LLMCF_PROFILE"] == "cluster" and env["LLMCF_HOME"] == DATA_ROOT, name
+            home = _interpolate(env["LLMCF_HOME"], _env_example())
+            assert env["LLMCF_PROFILE"] == "cluster" and home == DATA_ROOT, name
     assert "5432" not in str(services["postgres"].get("ports", "")), "the host's own Postgres owns 5432"
 
 
