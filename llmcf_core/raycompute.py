@@ -5,12 +5,18 @@ from __future__ import annotations
 import os
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
+def ensure_ray(num_cpus: int | None = None, *, dashboard: bool = False) -> None:
     """``ray.init`` once per process.
 
     Inside a Ray job the supervisor sets ``RAY_ADDRESS`` to the cluster (GCS) address and we join
     it. A dashboard URL (``http://...``, what the Airflow side and tests put in ``RAY_ADDRESS``) is
     for the Jobs API, not for ``ray.init``: then, as when nothing is set, a local instance starts.
+
+    ``dashboard=True`` (Ray Train callers) starts a local instance WITH its dashboard: Ray Train
+    2.60's placement-group cleaner asks the State API (served by the dashboard) whether the train
+    controller is alive, and on an instance without one concludes "dead" and removes the workers'
+    placement group mid-run. Clusters and ``llmcf_core.localray`` heads always have a dashboard;
+    Ray Data callers skip it (a faster start, less memory).
     """
     import ray
 
@@ -24,7 +30,19 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         return
     saved = os.environ.pop("RAY_ADDRESS", None)
     try:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, ignore_reinit_error=True, log_to_driver=True)
+        if dashboard:
+            from llmcf_core.localray import free_ports
+
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                dashboard_port=free_ports(1)[0],
+                ignore_reinit_error=True,
+                log_to_driver=True,
+            )
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, ignore_reinit_error=True, log_to_driver=True)
     finally:
         if saved is not None:
             os.environ["RAY_ADDRESS"] = saved

@@ -244,41 +244,6 @@ def _library_versions() -> dict[str, str]:
     return out
 
 
-def ensure_ray_with_dashboard(num_cpus: int) -> None:
-    """Join the job's cluster, or start a local Ray instance WITH its dashboard.
-
-    Ray Train 2.60's placement-group cleaner asks the State API (served by the dashboard) whether the
-    train controller is alive; on an instance without a dashboard it concludes "dead" and removes the
-    workers' placement group mid-run. Clusters and ``llmcf_core.localray`` heads have a dashboard;
-    ``llmcf_core.raycompute.ensure_ray`` starts local instances without one, hence this variant.
-    """
-    import ray
-
-    from llmcf_core.raycompute import ensure_ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS", "")
-    if address and not address.startswith(("http://", "https://")):
-        ensure_ray()
-        return
-    from llmcf_core.localray import free_ports
-
-    saved = os.environ.pop("RAY_ADDRESS", None)
-    try:
-        ray.init(
-            num_cpus=num_cpus,
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            dashboard_port=free_ports(1)[0],
-            ignore_reinit_error=True,
-            log_to_driver=True,
-        )
-    finally:
-        if saved is not None:
-            os.environ["RAY_ADDRESS"] = saved
-
-
 def storage_path(spec: FinetuneSpec, settings: Settings) -> str:
     return spec.storage_path or str(registry.runs_dir(settings.home))
 
@@ -306,8 +271,9 @@ def finetune(settings: Settings, spec: FinetuneSpec) -> dict[str, Any]:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from llmcf_core.llm.sft_worker import train_loop_per_worker
+    from llmcf_core.raycompute import ensure_ray
 
-    ensure_ray_with_dashboard(settings.ray.local_num_cpus)
+    ensure_ray(settings.ray.local_num_cpus, dashboard=True)  # Ray Train needs the State API
     resources = {"CPU": spec.cpus_per_worker}
     if spec.use_gpu:
         resources["GPU"] = 1

@@ -472,7 +472,7 @@ def _fit_ray(
 
     from llmcf_core.raycompute import ensure_ray
 
-    ensure_ray()
+    ensure_ray(dashboard=True)  # Ray Train's placement-group cleaner needs the State API
     ray.data.DataContext.get_current().enable_progress_bars = False
     rows = np.random.default_rng(run.seed).permutation(tables.rows("train"))
     blocks = max(1, min(64, len(rows) // 4096))

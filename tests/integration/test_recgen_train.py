@@ -36,7 +36,7 @@ STEPS = 6
 @pytest.fixture(scope="module")
 def recgen(tmp_path_factory):
     """A data root with samples and tiny instruction data; the first fine-tune starts a local Ray
-    instance in this process (with its dashboard, see ``ensure_ray_with_dashboard``)."""
+    instance in this process (with its dashboard, see ``raycompute.ensure_ray``)."""
     import ray
 
     from jobs import ingest
