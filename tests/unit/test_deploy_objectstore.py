@@ -1,6 +1,7 @@
 """Object-store data roots (s3://, gs://, any fsspec URL) for the cluster profile.
 
-fsspec's in-memory filesystem stands in for S3/GCS here (no network, no credentials); the
+fsspec's in-memory filesystem stands in for S3/GCS here (no network, no credentials), and s3fs
+itself runs against moto's S3 server on localhost (real S3 API calls: PUT, LIST, HEAD, DELETE); the
 integration tests use ``lobj://`` (``llmcf_core.fsio``: a local folder with object-store semantics)
 where the work crosses Ray worker processes. What is checked here:
 
@@ -228,3 +229,94 @@ def test_recgen_registry_refuses_then_publishes_on_an_object_store(bucket) -> No
     assert registry.is_model_dir(registry.version_dir(home, "v1")) and not cand.exists()
     assert fs.isfile(f"{registry.version_dir(home, 'v1').path}/eval/gate.json")
     assert registry.publish(home, "v1")["changed"] is False  # a retry is a no-op
+
+
+# --------------------------------------------------------------------------------------------------
+# Real S3 calls: s3fs against moto's S3 server (in this process, on a free localhost port)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3_bucket():
+    """An S3 endpoint (moto) and a bucket; s3fs is pointed at it through fsspec's config."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    patch = pytest.MonkeyPatch()
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
+        patch.setenv(key, value)
+    patch.setitem(fsspec.config.conf, "s3", {"client_kwargs": {"endpoint_url": endpoint}})
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="llmcf-test")
+    try:
+        yield "s3://llmcf-test"
+    finally:
+        patch.undo()
+        fsspec.filesystem("s3").clear_instance_cache()
+        server.stop()
+
+
+def test_storage_and_pointers_on_s3(s3_bucket, table) -> None:
+    final = f"{s3_bucket}/llmcf/ds/samples/{partition_dir_name(DAY)}"
+    first = storage.publish_table(table, final, {"partition": DAY.isoformat()})
+    assert first.changed and storage.read_partition(final).equals(table)
+    assert storage.publish_table(table, final).changed is False
+    newer = pa.table({"sample_id": ["c"], "label": pa.array([1], pa.int8())})
+    assert storage.publish_table(newer, final).changed and storage.read_partition(final).equals(newer)
+    root = fsio.as_path(f"{s3_bucket}/llmcf/ds/samples")
+    assert root.is_dir() and [p.name for p in root.glob("dt=*")] == [partition_dir_name(DAY)]
+    fsio.write_json_atomic(f"{s3_bucket}/llmcf/ds/cot/CURRENT", {"model_version": "m"})
+    assert fsio.read_json(f"{s3_bucket}/llmcf/ds/cot/CURRENT") == {"model_version": "m"}
+    fsio.rmtree(f"{s3_bucket}/llmcf/ds")
+    assert not storage.is_published(final) and fsio.read_json(f"{s3_bucket}/llmcf/ds/cot/CURRENT") is None
+
+
+def test_ingest_job_and_registry_on_an_s3_data_root(s3_bucket, tmp_path, monkeypatch) -> None:
+    from jobs import ingest
+    from llmcf_core.config import load_config
+    from llmcf_core.rec import registry as rec_registry
+
+    home = f"{s3_bucket}/ingest-{tmp_path.name[-8:]}"
+    monkeypatch.setenv("LLMCF_HOME", home)
+    monkeypatch.setenv("LLMCF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    load_config.cache_clear()
+    try:
+        ts = int(dt.datetime(2024, 5, 1, 12, tzinfo=dt.UTC).timestamp())
+        inter = tmp_path / "interactions.csv"
+        inter.write_text("user_id,item_id,rating,timestamp\n" + "".join(
+            f"{u},{i},4.0,{ts + 60 * u + i}\n" for u in range(1, 4) for i in range(1, 4)))  # fmt: skip
+        items = tmp_path / "items.csv"
+        items.write_text("item_id,title,genres\n1,A,Drama\n2,B,Comedy\n3,C,Drama\n")
+        argv = [
+            "--dataset",
+            "mylogs",
+            "--partition",
+            "2024-05-01",
+            "--interactions",
+            str(inter),
+            "--items",
+            str(items),
+        ]
+        assert ingest.main(argv) == 0
+        samples = DataPaths(home, "mylogs").samples(dt.date(2024, 5, 1))
+        assert str(samples).startswith("s3://") and storage.read_partition(samples).num_rows == 9
+
+        staged = tmp_path / "model"
+        staged.mkdir()
+        (staged / "model.pt").write_bytes(b"w")
+        (staged / "metrics.json").write_text(json.dumps({"primary_metric": "auc", "valid": {"auc": 0.6}}))
+        final = rec_registry.version_dir(fsio.as_path(home), "DIN", "base", "mylogs-all-s0-abc")
+        rec_registry.commit_folder(staged, final)
+        decision = rec_registry.publish_gate(
+            home, "mylogs", "DIN", "base", "mylogs-all-s0-abc", tolerance=0.0
+        )
+        assert decision.published
+        copy = fsio.local_copy(final, marker="metrics.json")
+        assert (copy / "model.pt").read_bytes() == b"w" and not (tmp_path / "s3:").exists()
+    finally:
+        load_config.cache_clear()
