@@ -107,13 +107,27 @@ def makedirs(p: Any) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
+def _ensure_parent(fs: fsspec.AbstractFileSystem, key: str) -> None:
+    """Local-backed filesystems (``lobj://``, ``file://``) need the parent folder of a new file."""
+    if isinstance(fs, LocalFileSystem):
+        fs.makedirs(fs._parent(key), exist_ok=True)
+
+
+def _commit_order(names: list[str], last: str | None) -> list[str]:
+    """``names`` sorted, with ``last`` (a folder's commit file) moved to the end."""
+    names = sorted(names)
+    if last is not None and last in names:
+        names = [n for n in names if n != last] + [last]
+    return names
+
+
 def write_bytes_atomic(p: Any, data: bytes) -> None:
     """Readers see the old content or the new, never a partial file."""
     path = as_path(p)
     if is_url(path):
         fs, key = path.fs, path.path
         if isinstance(fs, LocalFileSystem):  # lobj:// and file://: same guarantee as an object PUT
-            fs.makedirs(fs._parent(key), exist_ok=True)
+            _ensure_parent(fs, key)
             _replace_local(Path(key), data)
         else:
             fs.pipe_file(key, data)
@@ -150,14 +164,6 @@ def read_json(p: Any) -> Any | None:
         return json.loads(as_path(p).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-
-
-def exists(p: Any) -> bool:
-    return as_path(p).exists()
-
-
-def is_file(p: Any) -> bool:
-    return as_path(p).is_file()
 
 
 def rmtree(p: Any) -> None:
@@ -281,21 +287,29 @@ def upload_dir(local: Path, p: Any, last: str | None = None) -> None:
     ``last`` names a file uploaded after all others: the folder's commit marker.
     """
     path = as_path(p)
-    files = sorted(f for f in Path(local).rglob("*") if f.is_file())
-    if last is not None:
-        files = [f for f in files if f.name != last] + [Path(local) / last]
-    for f in files:
-        rel = f.relative_to(local).as_posix()
+    rels = _commit_order(
+        [f.relative_to(local).as_posix() for f in Path(local).rglob("*") if f.is_file()], last
+    )
+    for rel in rels:
+        f = Path(local) / rel
         if is_url(path):
-            fs = path.fs
             target = f"{path.path.rstrip('/')}/{rel}"
-            if isinstance(fs, LocalFileSystem):
-                fs.makedirs(fs._parent(target), exist_ok=True)
-            fs.put_file(str(f), target)
+            _ensure_parent(path.fs, target)
+            path.fs.put_file(str(f), target)
         else:
             target_path = Path(path) / rel
             target_path.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, target_path)
+
+
+def copy_dir(src: Any, dst: Any, last: str | None = None) -> None:
+    """Copy every object under the prefix ``src`` to ``dst`` on the same store, ``last`` at the end."""
+    src, dst = as_path(src), as_path(dst)
+    fs, root = src.fs, src.path.rstrip("/")
+    for rel in _commit_order([k[len(root) + 1 :] for k in fs.find(root)], last):
+        target = f"{dst.path.rstrip('/')}/{rel}"
+        _ensure_parent(fs, target)
+        fs.copy(f"{root}/{rel}", target)
 
 
 def ray_storage(p: Any) -> tuple[str, Any]:

@@ -93,9 +93,12 @@ def part_file(folder: Any, manifest: dict[str, Any] | None = None) -> Any:
     return folder / str(manifest.get("file") or PART_FILE)
 
 
+# Deterministic bytes for identical input: no creation time, fixed writer settings (both paths).
+_PARQUET_OPTIONS = {"compression": "zstd", "write_statistics": True, "store_schema": True}
+
+
 def _write_part(table: pa.Table, path: Any) -> None:
-    # Deterministic bytes for identical input: no creation time, fixed writer settings.
-    fsio.write_parquet(table, path, compression="zstd", write_statistics=True, store_schema=True)
+    fsio.write_parquet(table, path, **_PARQUET_OPTIONS)
 
 
 def publish_table(table: pa.Table, final: Any, metadata: dict[str, Any] | None = None) -> PublishResult:
@@ -127,7 +130,7 @@ def publish_table(table: pa.Table, final: Any, metadata: dict[str, Any] | None =
 
 def _publish_object_store(table: pa.Table, final: Any, metadata: dict[str, Any] | None) -> PublishResult:
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd", write_statistics=True, store_schema=True)
+    pq.write_table(table, sink, **_PARQUET_OPTIONS)
     data = sink.getvalue().to_pybytes()
     digest = hashlib.sha256(data).hexdigest()
     previous = read_manifest(final)

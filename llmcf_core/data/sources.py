@@ -36,13 +36,11 @@ class RawSource:
     items: Any
 
     def fingerprint_parts(self) -> list[str]:
+        """Identity of the (local, packaged) input files: keys the staging cache of typed sources."""
         parts = []
         for path in (self.interactions, self.items):
-            if fsio.is_url(path):
-                parts.append(f"{path}:{path.fs.ukey(path.path)}")  # size + modification/ETag
-            else:
-                st = path.stat()
-                parts.append(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}")
+            st = path.stat()
+            parts.append(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}")
         return parts
 
 

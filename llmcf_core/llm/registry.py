@@ -170,14 +170,7 @@ def _move_folder(candidate: Any, final: Any) -> None:
         os.rename(candidate, final)  # same filesystem: one atomic step
         return
     # Object store: copy (metadata.json last: until then `final` is not a model), then delete.
-    fs = final.fs
-    keys = sorted(k for k in fs.find(candidate.path) if not k.endswith("/" + METADATA_FILE))
-    for key in [*keys, f"{candidate.path.rstrip('/')}/{METADATA_FILE}"]:
-        rel = key[len(candidate.path.rstrip("/")) + 1 :]
-        target = f"{final.path.rstrip('/')}/{rel}"
-        if isinstance(fs, fsio.LocalFileSystem):
-            fs.makedirs(fs._parent(target), exist_ok=True)
-        fs.copy(key, target)
+    fsio.copy_dir(candidate, final, last=METADATA_FILE)
     fsio.rmtree(candidate)
 
 
