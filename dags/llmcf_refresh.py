@@ -163,9 +163,11 @@ with DAG(
         "cot_backend": Param(
             SETTINGS.cot.backend,
             type="string",
-            enum=["transformers", "vllm"],
+            enum=["auto", "transformers", "vllm"],
             title="CoT backend",
-            description="transformers (CPU or GPU) or vllm (GPU workers only).",
+            description="auto: vllm where it is installed (GPU images, or the vLLM CPU venv of "
+            "`make setup-vllm`), else transformers; transformers: batched generate(); vllm: vLLM "
+            "through Ray Data LLM, on GPUs or CPUs.",
         ),
         "rec_model": Param(
             AF.rec_model,

@@ -51,7 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True, help="configured dataset, e.g. ml-100k")
     parser.add_argument("--partition", required=True, help="UTC day, YYYY-MM-DD")
     parser.add_argument("--model", help="recgen:latest, recgen:<version>, a base model name or a folder")
-    parser.add_argument("--backend", choices=["transformers", "vllm"], help="default: config cot.backend")
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "transformers", "vllm"],
+        help="default: config cot.backend; vllm re-executes this job with the vLLM venv's Python",
+    )
     promote = parser.add_mutually_exclusive_group()
     promote.add_argument(
         "--promote", dest="promote", action="store_true", default=None, help="move cot/CURRENT"
@@ -71,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> dict:
         from llmcf_core.config import load_config
+        from llmcf_core.cot.backend import reexec_for_vllm, resolve_backend
         from llmcf_core.cot.pipeline import generate_cot_partition
         from llmcf_core.paths import check_dataset_name, parse_partition
 
@@ -78,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         dataset = check_dataset_name(args.dataset)
         settings = load_config(args.profile)
         cot = cot_settings(settings.cot, args.model, args.backend, args.promote, args.set)
+        if resolve_backend(cot) == "vllm":
+            reexec_for_vllm(cot, "jobs.generate_cot", sys.argv[1:] if argv is None else argv)
         return generate_cot_partition(settings, dataset, day, cot=cot).to_dict()
 
     return run_job("generate_cot", body)

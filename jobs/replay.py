@@ -114,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
             settings = with_overrides(load_config(args.profile), args.set)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
+        if "cot" in stages:
+            from llmcf_core.cot.backend import reexec_for_vllm, resolve_backend
+
+            if resolve_backend(settings.cot) == "vllm":  # the whole replay moves to the vLLM venv
+                reexec_for_vllm(settings.cot, "jobs.replay", sys.argv[1:] if argv is None else argv)
         days = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
         totals: dict[str, float] = {}
         rows = {"samples_rows": 0, "cot_generated": 0, "pool_rows": 0}

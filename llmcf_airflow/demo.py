@@ -59,6 +59,15 @@ def _stage_rows(settings, dataset: str, day: dt.date) -> dict[str, str]:
     return out
 
 
+def _cot_manifest(settings, paths: DataPaths, day: dt.date) -> dict | None:
+    from llmcf_core.cot.layout import read_current, version_dir
+
+    current = read_current(paths)
+    if not current:
+        return None
+    return storage.read_manifest(version_dir(paths, day, current["model_version"], current["prompt_version"]))
+
+
 def _report(days: list[dt.date], dataset: str, outcomes: dict[str, str]) -> int:
     settings = load_config()
     paths = DataPaths(settings.home, dataset)
@@ -77,6 +86,13 @@ def _report(days: list[dt.date], dataset: str, outcomes: dict[str, str]) -> int:
         checks = manifest.get("checks", {})
         print(
             f"samples checks ({days[-1]}): {checks.get('evaluated', '?')} GX rules, success={checks.get('success')}"
+        )
+    cot = _cot_manifest(settings, paths, days[-1])
+    if cot:
+        dec = cot.get("decoding", {})
+        print(
+            f"CoTs ({days[-1]}): backend {cot.get('backend')}, model {cot.get('model')}, "
+            f"{dec.get('num_candidates')} candidates x {dec.get('max_new_tokens')} new tokens"
         )
     items = storage.read_manifest(paths.items)
     if items:

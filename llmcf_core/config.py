@@ -103,7 +103,9 @@ class CotConfig(_Strict):
     """CoT generation (``jobs.generate_cot``, docs/cot.md). Decoding defaults are the paper's."""
 
     model: str = "smollm2-135m"  # base name, model folder, or recgen:latest / recgen:<version>
-    backend: Literal["transformers", "vllm"] = "transformers"
+    # auto: vllm where vLLM is importable here or its venv (vllm_python) exists and the CPU/GPU runs
+    # it, transformers otherwise (llmcf_core.cot.backend)
+    backend: Literal["auto", "transformers", "vllm"] = "transformers"
     prompt_version: str = "v1"  # a template in llmcf_core.cot.prompt; label switch adds -lc / -nolabel
     label_conditioned: bool = True
     pool_fraction: float = Field(1.0, gt=0, le=1)  # deterministic by hash(sample_id)
@@ -129,8 +131,9 @@ class CotConfig(_Strict):
     actors: int = Field(1, ge=1)
     cpus_per_actor: float = Field(0.5, gt=0)  # fractional on small machines (STACK.md: deadlock)
     gpus_per_actor: float = Field(0, ge=0)
-    # transformers backend: fewer prompts than this are generated in the job's own process by the
-    # same generator class (a Ray Data actor pool costs a model load per actor); 0 = always Ray Data
+    # Fewer prompts than this are generated in the job's own process (transformers: the same
+    # generator class; vllm: one vllm.LLM engine, kept for the next partition of a replay) instead of
+    # a Ray Data actor pool that costs a model load / engine start per run; 0 = always Ray Data
     ray_min_prompts: int = Field(0, ge=0)
     torch_threads: int | None = Field(None, ge=1)
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 where the CPU has it
@@ -140,6 +143,15 @@ class CotConfig(_Strict):
     vllm_max_concurrent_batches: int = Field(8, ge=1)
     vllm_accelerator_type: str | None = None
     vllm_engine_kwargs: dict[str, Any] = Field(default_factory=lambda: {"tensor_parallel_size": 1})
+    # The interpreter of a venv with vLLM (the CPU build: `make setup-vllm`); a job whose backend is
+    # vllm re-executes itself with it when its own Python lacks vLLM. "auto": $LLMCF_VLLM_PYTHON, else
+    # .venv-vllm/bin/python in the checkout if present; null: vLLM must be in the job's own Python.
+    vllm_python: str | None = "auto"
+    vllm_cpus_per_engine: float = Field(1, gt=0)  # CPU placement bundle of one engine on GPU-less clusters
+    vllm_cpu_kvcache_gib: int = Field(1, ge=1)  # VLLM_CPU_KVCACHE_SPACE on CPU (1 GiB = ~46k tokens)
+    vllm_max_restarts: int = Field(
+        1, ge=0
+    )  # engine actor restarts before the job fails (Ray's default: forever)
 
 
 class EmbeddingConfig(_Strict):

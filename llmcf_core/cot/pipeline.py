@@ -34,6 +34,7 @@ import pandas as pd
 from llmcf_core import fsio, quality, storage
 from llmcf_core.config import CotConfig, Settings
 from llmcf_core.cot import layout
+from llmcf_core.cot.backend import resolve_backend, vllm_importable
 from llmcf_core.cot.blocks import BlockStore, empty_table, merge_rows, to_table
 from llmcf_core.cot.check import check_cot
 from llmcf_core.cot.engine_hf import Decoding
@@ -297,6 +298,12 @@ def generate_cot_partition(
 ) -> CotResult:
     """Generate, check and publish the CoTs of one day partition (see the module docstring)."""
     cfg = cot or settings.cot
+    cfg = cfg.model_copy(update={"backend": resolve_backend(cfg)})
+    if cfg.backend == "vllm" and not vllm_importable():
+        raise InvalidArgument(
+            "cot backend vllm needs vLLM in this interpreter: run the job with the vLLM venv's Python "
+            "(`make setup-vllm`; jobs.generate_cot and jobs.replay switch to it themselves)"
+        )
     paths = DataPaths(settings.home, dataset)
     partition = day.isoformat()
     samples_dir = paths.samples(day)

@@ -35,6 +35,7 @@ DAG_ID = "llmcf_refresh"
 # inside the CoT job's process (cot.ray_min_prompts), so the test stays a few minutes long.
 CONF = {"stages": ["samples", "cot", "embed", "neighbors"]}
 SMALL_COT = {
+    "backend": "transformers",  # tiny-llama's head size has no vLLM CPU kernel; vLLM: test_cot_vllm_job.py
     "pool_fraction": 1,
     "ray_min_prompts": 100000,
     "num_candidates": 1,

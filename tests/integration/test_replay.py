@@ -30,6 +30,7 @@ def tiny_dir(tmp_path_factory) -> str:
 def _argv(logs: list[str], tiny_dir: str, *extra: str) -> list[str]:
     small = {
         "cot.model": tiny_dir,
+        "cot.backend": "transformers",
         "cot.pool_fraction": 1,
         "cot.ray_min_prompts": 1000,
         "cot.max_new_tokens": 8,

@@ -72,6 +72,8 @@ def _run(tiny_dir: str, *extra: str) -> int:
             DAY.isoformat(),
             "--model",
             tiny_dir,
+            "--backend",
+            "transformers",
             "--set",
             "max_prompt_tokens=16",
             "--set",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 
 import pandas as pd
@@ -134,3 +135,70 @@ def test_outputs_become_candidate_rows():
     assert batch["finish_reason"].tolist() == ["stop", "error"]
     assert batch["error"].iloc[1] == "ValueError: prompt too long" and pd.isna(batch["text"].iloc[1])
     assert batch["n_tokens"].tolist() == [2, 0] and pd.isna(batch["error"].iloc[0])
+
+
+def test_cpu_clusters_get_cpu_bundles_and_the_vllm_interpreter(cluster_cot):
+    local = load_config_file(CONFIG_DIR / "local.yaml").cot
+    kwargs = engine_vllm.processor_kwargs(local, "/m", gpu=False, runtime_env={"py_executable": "/v/python"})
+    assert kwargs["placement_group_config"] == {"bundles": [{"CPU": local.vllm_cpus_per_engine}]}
+    assert "accelerator_type" not in kwargs and kwargs["runtime_env"] == {"py_executable": "/v/python"}
+    engine = kwargs["engine_kwargs"]
+    assert engine["enforce_eager"] is True and engine["enable_chunked_prefill"] is False  # CPU profile
+    gpu = engine_vllm.processor_kwargs(cluster_cot.model_copy(update={"vllm_accelerator_type": "H100"}), "/m")
+    assert "placement_group_config" not in gpu and gpu["accelerator_type"] == "H100"
+    tp2 = local.model_copy(update={"vllm_engine_kwargs": {"tensor_parallel_size": 2}})
+    assert len(engine_vllm.processor_kwargs(tp2, "/m", gpu=False)["placement_group_config"]["bundles"]) == 2
+
+
+def test_one_request_with_n_equals_its_seeded_child_requests():
+    """vLLM V1 fans SamplingParams(n=N, seed=s) out into N requests with seeds s..s+N-1: the Ray Data
+    path (one output per request) sends those child requests itself."""
+    decoding = Decoding(num_candidates=3, seed=11)
+    whole = engine_vllm.sampling_params(decoding, "u1-i2-3")
+    children = [engine_vllm.sampling_params(decoding, "u1-i2-3", c) for c in range(3)]
+    assert whole["n"] == 3 and all(c["n"] == 1 for c in children)
+    assert [c["seed"] for c in children] == [whole["seed"] + c for c in range(3)]
+    assert {k: v for k, v in whole.items() if k not in ("n", "seed")} == {
+        k: v for k, v in children[0].items() if k not in ("n", "seed")
+    }
+    assert engine_vllm.sampling_params(Decoding(seed=12), "u1-i2-3")["seed"] != whole["seed"]
+
+
+def test_engine_restarts_are_bounded(cluster_cot, tokenizer_dir):
+    if importlib.util.find_spec("ray.data.llm") is None:
+        pytest.skip("ray.data.llm not available")
+    cot = cluster_cot.model_copy(update={"vllm_max_restarts": 2})
+    processor = engine_vllm.build_vllm_processor(cot, tokenizer_dir, [2], gpu=False)
+    stage = processor.get_stage_by_name(engine_vllm.ENGINE_STAGE)
+    assert stage.map_batches_kwargs["max_restarts"] == 2  # Ray Data's default is -1: forever
+    assert stage.map_batches_kwargs["num_cpus"] == cot.vllm_cpus_per_engine
+    assert "vllm" not in sys.modules
+
+
+def test_auto_backend_and_the_vllm_interpreter(monkeypatch, tmp_path, cluster_cot):
+    from llmcf_core.cot import backend
+
+    local = load_config_file(CONFIG_DIR / "local.yaml").cot
+    assert local.backend == "auto"
+    fake = tmp_path / "python"
+    monkeypatch.setenv(backend.VLLM_PYTHON_ENV, str(fake))
+    monkeypatch.setattr(backend, "vllm_importable", lambda: False)
+    monkeypatch.setattr(backend, "cpu_runs_vllm", lambda: (True, ""))
+    assert backend.vllm_python(local) == fake
+    assert backend.resolve_backend(local) == "transformers"  # not installed
+    fake.write_text("")
+    assert backend.resolve_backend(local) == "vllm"
+    monkeypatch.setattr(backend, "cpu_runs_vllm", lambda: (False, "no AVX2"))
+    assert backend.resolve_backend(local) == "transformers"
+    pinned = local.model_copy(update={"backend": "transformers"})
+    assert backend.resolve_backend(pinned) == "transformers"
+    # vllm requested, no interpreter with vLLM: a bad-argument error that says what to do.
+    missing = local.model_copy(update={"backend": "vllm", "vllm_python": str(tmp_path / "nope")})
+    with pytest.raises(InvalidArgument, match="make setup-vllm"):
+        backend.reexec_for_vllm(missing, "jobs.generate_cot", [])
+    assert backend.vllm_python(cluster_cot) is None  # images that ship vLLM: never re-executed
+    env = backend.vllm_runtime_env(local.model_copy(update={"vllm_python": sys.executable}), gpu=False)
+    assert env == {
+        "py_executable": os.path.abspath(sys.executable),
+        "env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(local.vllm_cpu_kvcache_gib)},
+    }
