@@ -12,8 +12,10 @@ state is shared as evenly as a 2-core box allows:
   (``engine_vllm.processor_kwargs`` of the local profile: CPU bundle, eager, no chunked prefill),
   n child requests per prompt; "steady" excludes Ray's and the engine's start.
 
-Every mode generates exactly ``--new-tokens`` tokens per candidate (min = max), sampling at T 0.6,
-top-k 50, so tokens/s compare like for like. Prompts are real CoT prompts (``PromptBuilder``) over
+Every mode samples at T 0.6, top-k 50, ``--min-tokens`` (16, the paper's) to ``--new-tokens`` new
+tokens per candidate and counts the tokens it generated (SmolLM2 rarely stops before 128 on these
+prompts). Forcing min = max would measure vLLM's min-tokens logits processor, active every step
+then (here 244 instead of 364 tok/s), more than its decoding. Prompts are real CoT prompts (``PromptBuilder``) over
 ml-100k samples of one day (ingested into ``$LLMCF_HOME`` if missing). Peak RSS: the mode process
 and all its children (engine core, Ray workers), sampled every 0.2 s.
 
@@ -108,7 +110,7 @@ def _prepare(args) -> dict:
 def _decoding(args, n: int):
     from llmcf_core.cot.engine_hf import Decoding
 
-    return Decoding(num_candidates=n, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, seed=0)
+    return Decoding(num_candidates=n, max_new_tokens=args.new_tokens, min_new_tokens=args.min_tokens, seed=0)
 
 
 def _hf(args, data: dict, n: int, single: bool) -> dict:
@@ -141,10 +143,12 @@ def _vllm_engine(args, data: dict, n: int, eager: bool) -> dict:
 
     from llmcf_core.config import load_config
     from llmcf_core.cot import engine_vllm
+    from llmcf_core.cot.backend import cpu_engine_env
 
     cot = load_config().cot.model_copy(update={"max_new_tokens": args.new_tokens})
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cot.vllm_cpu_kvcache_gib))
-    engine = engine_vllm.engine_kwargs(cot)
+    os.environ.update(cpu_engine_env(cot))  # what the pipeline's in-process engine runs with
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    engine = {**engine_vllm.engine_kwargs(cot), "distributed_executor_backend": "uni"}
     engine["enforce_eager"] = eager
     t0 = time.perf_counter()
     llm = LLM(model=data["model_dir"], **engine)
@@ -173,7 +177,7 @@ def _vllm_ray(args, data: dict, n: int) -> dict:
     from llmcf_core.cot.backend import vllm_runtime_env
 
     cot = load_config().cot.model_copy(
-        update={"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "num_candidates": n}
+        update={"max_new_tokens": args.new_tokens, "min_new_tokens": args.min_tokens, "num_candidates": n}
     )
     dec = _decoding(args, n)
     t0 = time.perf_counter()
@@ -232,7 +236,7 @@ def worker(args) -> None:
 def run_mode(args, mode: str, n: int | None) -> dict:
     py = MAIN_PY if mode in (*HF_MODES, "prepare") else VLLM_PY
     cmd = [str(py), __file__, "--worker", "--mode", mode, "--prompts-file", args.prompts_file]
-    for key in ("prompts", "new_tokens", "single", "batch_size", "threads", "model"):
+    for key in ("prompts", "new_tokens", "min_tokens", "single", "batch_size", "threads", "model"):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     if n is not None:
         cmd += ["--n", str(n)]
@@ -266,6 +270,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--min-tokens", type=int, default=16, help="min new tokens (the paper's 16)")
     parser.add_argument("--single", type=int, default=8, help="prompts for the one-at-a-time mode")
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per generate() call")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the transformers modes")
@@ -287,6 +292,7 @@ def main() -> None:
         "model": args.model,
         "new_tokens": args.new_tokens,
         "batch_size": args.batch_size,
+        "min_tokens": args.min_tokens,
         "threads": args.threads,
         "load_before": load_avg(),
         "prepare": run_mode(args, "prepare", None),

@@ -45,7 +45,7 @@ with DAG(
         "action": Param(
             "status", type="string", enum=["status", "create", "swap", "rollback", "drop"], title="Action"
         ),
-        "collection": Param("", type="string", title="Collection (swap, drop)"),
+        "collection": Param(None, type=["null", "string"], title="Collection (swap, drop)"),
     },
 ) as dag:
 

@@ -94,8 +94,8 @@ with DAG(
     params={
         "dataset": Param(AF.dataset, type="string", enum=sorted(SETTINGS.datasets), title="Dataset"),
         "window_end": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             pattern=r"^(\d{4}-\d{2}-\d{2})?$",
             title="Training window end (UTC day)",
             description="Last train day used. Empty: the last day of the run's data interval (its month).",
@@ -134,15 +134,15 @@ with DAG(
         "rec_max": _optional_int("Max rec examples", "Empty: recgen.rec_max_examples (0 = all)."),
         "general_max": _optional_int("Max general conversations", "Empty: recgen.general_max_examples."),
         "version": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$",
             title="Model version",
             description="Empty: derived from the params (a rerun with the same params resumes/reuses).",
         ),
         "compare": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             title="Also evaluate",
             description="Comma-separated LABEL=VERSION (or base model) added to the balance table, "
             "e.g. rec-only=<version of a mix=rec-only run>.",
@@ -268,7 +268,7 @@ with DAG(
             "--version",
             VERSION,
             "--compare",
-            "{{ params.compare }}",
+            "{{ params.compare or '' }}",
         ],
         partition=WINDOW_END,
         runtime_env=JOB_ENV,

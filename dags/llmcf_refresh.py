@@ -138,8 +138,8 @@ with DAG(
             description="Configured dataset to process.",
         ),
         "partition": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],  # empty is valid in the trigger form and means "logical date"
             pattern=r"^(\d{4}-\d{2}-\d{2})?$",
             title="Partition (UTC day)",
             description="YYYY-MM-DD. Empty: the run's logical date (scheduled and backfill runs). "

@@ -22,6 +22,7 @@ from llmcf_airflow.local_env import (
     admin_password,
     airflow_cli,
     airflow_env,
+    exit_on_termination_signals,
     start_standalone,
     stop_standalone,
 )
@@ -166,15 +167,19 @@ def run_demo() -> int:
     return 1 if failures else 0
 
 
+UI_PORT_ENV = "LLMCF_AIRFLOW_PORT"  # the UI's port (default 8080)
+
+
 def run_ui() -> int:
     """Airflow standalone (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1:8080."""
     settings = load_config()
+    port = int(os.environ.get(UI_PORT_ENV) or 8080)
     ray = localray.start_head(
         settings.ray.local_gcs_port, settings.ray.local_dashboard_port, settings.ray.local_num_cpus
     )
     home = _airflow_home()
-    env = airflow_env(home, ray_dashboard_url=ray.dashboard_url)
-    print(f"Airflow UI: http://127.0.0.1:8080  user {ADMIN_USER}  password {admin_password(home)}")
+    env = airflow_env(home, ray_dashboard_url=ray.dashboard_url, api_port=port)
+    print(f"Airflow UI: http://127.0.0.1:{port}  user {ADMIN_USER}  password {admin_password(home)}")
     print(f"Ray dashboard: {ray.dashboard_url}. Ctrl-C stops both.")
     proc = start_standalone(env, home / "standalone.log")
     print(f"Logs: {home / 'standalone.log'}")
@@ -182,6 +187,8 @@ def run_ui() -> int:
         return proc.wait()
     except KeyboardInterrupt:
         return 0
+    except SystemExit as stop:  # SIGTERM / SIGHUP
+        return int(stop.code or 0)
     finally:
         stop_standalone(proc)
         if ray.started:
@@ -192,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmcf_airflow.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--ui", action="store_true", help="start the Airflow UI over the demo's runs")
     args = parser.parse_args(argv)
+    exit_on_termination_signals()  # SIGTERM / SIGHUP stop what we started, as Ctrl-C does
     return run_ui() if args.ui else run_demo()
 
 

@@ -116,6 +116,19 @@ def stop_standalone(proc: subprocess.Popen, timeout: float = 30.0) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def exit_on_termination_signals() -> None:
+    """SIGTERM and SIGHUP end this process like Ctrl-C does: as an exception, so every ``finally``
+    runs and the Airflow and Ray processes it started are stopped (by default either signal kills
+    the interpreter on the spot and leaves them running). Call from a main thread's entry point."""
+    import signal
+
+    def _raise(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise)
+
+
 def wait_for_api(base_url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:
     import time
     import urllib.request

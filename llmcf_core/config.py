@@ -149,6 +149,9 @@ class CotConfig(_Strict):
     vllm_python: str | None = "auto"
     vllm_cpus_per_engine: float = Field(1, gt=0)  # CPU placement bundle of one engine on GPU-less clusters
     vllm_cpu_kvcache_gib: int = Field(1, ge=1)  # VLLM_CPU_KVCACHE_SPACE on CPU (1 GiB = ~46k tokens)
+    # VLLM_CPU_OMP_THREADS_BIND on CPU: "all" = every core of the machine (here 1.6-1.8x vLLM's default,
+    # which keeps a core for the front end), a core list such as "0-15", or null for vLLM's own choice
+    vllm_cpu_threads_bind: str | None = None
     vllm_max_restarts: int = Field(
         1, ge=0
     )  # engine actor restarts before the job fails (Ray's default: forever)

@@ -107,5 +107,16 @@ def vllm_runtime_env(cfg: CotConfig, *, gpu: bool) -> dict[str, Any]:
     if target is not None and os.path.abspath(sys.executable) == os.path.abspath(target):
         env["py_executable"] = os.path.abspath(sys.executable)
     if not gpu:
-        env["env_vars"] = {"VLLM_CPU_KVCACHE_SPACE": str(cfg.vllm_cpu_kvcache_gib)}
+        env["env_vars"] = cpu_engine_env(cfg)
+    return env
+
+
+def cpu_engine_env(cfg: CotConfig) -> dict[str, str]:
+    """Environment of a vLLM engine on CPU: KV-cache size, and the cores its threads bind to."""
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(cfg.vllm_cpu_kvcache_gib)}
+    bind = cfg.vllm_cpu_threads_bind
+    if bind == "all":
+        bind = f"0-{(os.cpu_count() or 1) - 1}"
+    if bind:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = bind
     return env

@@ -225,14 +225,18 @@ def run_vllm(plan: pd.DataFrame, cfg: Any, model_source: str, eos: list[int]) ->
 
 
 @functools.lru_cache(maxsize=1)
-def _local_engine(model_source: str, frozen_engine_kwargs: str, kvcache_gib: int) -> Any:
-    """One in-process engine per (model, engine settings): a day-by-day replay starts it once."""
+def _local_engine(model_source: str, frozen_engine_kwargs: str, frozen_env: str) -> Any:
+    """One in-process engine per (model, engine settings): a day-by-day replay starts it once.
+
+    The engine core and its worker run in this very process (no V1 multiprocessing, ``uni``
+    executor): a job killed with SIGKILL leaves no orphaned engine holding GBs of memory, and
+    here it starts in ~5 s instead of ~20 s and decodes as fast (benchmarks/cot.md).
+    """
     from vllm import LLM
 
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kvcache_gib))
-    engine = {
-        k: v for k, v in json.loads(frozen_engine_kwargs).items() if k != "distributed_executor_backend"
-    }
+    os.environ.update(json.loads(frozen_env))
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    engine = {**json.loads(frozen_engine_kwargs), "distributed_executor_backend": "uni"}
     log.info("starting an in-process vLLM engine for %s: %s", model_source, engine)
     return LLM(model=model_source, **engine)
 
@@ -243,8 +247,12 @@ def _run_local(plan: pd.DataFrame, cfg: Any, model_source: str, eos: list[int]) 
     from vllm.inputs import TokensPrompt
 
     decoding = Decoding.from_config(cfg)
+    from llmcf_core.cot.backend import cpu_engine_env
+
     engine = _local_engine(
-        model_source, json.dumps(engine_kwargs(cfg), sort_keys=True), cfg.vllm_cpu_kvcache_gib
+        model_source,
+        json.dumps(engine_kwargs(cfg), sort_keys=True),
+        json.dumps(cpu_engine_env(cfg), sort_keys=True),
     )
     tokenizer = _tokenizer(model_source)
     for block, frame in plan.groupby("block", sort=True):

@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 BLOCK = 2
 SMALL = {
     "backend": "transformers",
+    "ray_min_prompts": 0,  # the Ray Data actor pool
     "pool_fraction": 1,
     "block_size": BLOCK,
     "batch_size": BLOCK,

@@ -32,6 +32,7 @@ if not _OK:
 BLOCK = 2
 SMALL = {
     "backend": "vllm",
+    "ray_min_prompts": 0,  # the Ray Data LLM path; the in-process engine is asked for explicitly
     "pool_fraction": 1,
     "block_size": BLOCK,
     "num_candidates": 3,

@@ -89,3 +89,55 @@ def test_qdrant_admin_dag_reports_status(af_env, llmcf_home):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "llmcf_ml-100k" in out  # the alias it reports on
+
+
+_PARAMS = textwrap.dedent(
+    """
+    import json, sys
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.exceptions import ParamValidationError
+    bag = DagBag(dag_folder=sys.argv[1])
+    out = {}
+    for dag_id, dag in bag.dags.items():
+        try:
+            dag.params.validate()
+            out[dag_id] = {"defaults": "valid"}
+        except ParamValidationError as exc:
+            out[dag_id] = {"defaults": str(exc)}
+        out[dag_id]["no_help"] = [k for k, p in dag.params.items() if not (p.description or p.schema.get("title"))]
+    refresh = bag.dags["llmcf_refresh"].params
+    def refused(key, value):
+        try:
+            refresh.get_param(key).resolve(value)
+            return None
+        except ParamValidationError as exc:
+            return str(exc)
+    out["refused"] = {
+        "malformed_date": refused("partition", "1998-1-5"),
+        "unknown_stage": refused("stages", ["samples", "bogus"]),
+        "empty_partition": refused("partition", None),
+        "a_date": refused("partition", "1998-01-15"),
+    }
+    print(json.dumps(out))
+    """
+)
+
+
+def test_trigger_form_defaults_are_valid_and_bad_input_is_refused(af_env):
+    """What the trigger form validates: every DAG's defaults pass (an empty partition is valid and means
+    the logical date), every param carries help, a malformed date or an unknown stage is refused."""
+    from llmcf_airflow.local_env import DAGS_FOLDER
+
+    out = subprocess.run(
+        [sys.executable, "-c", _PARAMS, str(DAGS_FOLDER)],
+        env={**__import__("os").environ, **af_env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    info = json.loads(out.strip().splitlines()[-1])
+    refused = info.pop("refused")
+    for dag_id, found in info.items():
+        assert found["defaults"] == "valid", (dag_id, found)
+    assert refused["empty_partition"] is None and refused["a_date"] is None
+    assert refused["malformed_date"] and refused["unknown_stage"]

@@ -200,5 +200,10 @@ def test_auto_backend_and_the_vllm_interpreter(monkeypatch, tmp_path, cluster_co
     env = backend.vllm_runtime_env(local.model_copy(update={"vllm_python": sys.executable}), gpu=False)
     assert env == {
         "py_executable": os.path.abspath(sys.executable),
-        "env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(local.vllm_cpu_kvcache_gib)},
+        "env_vars": {
+            "VLLM_CPU_KVCACHE_SPACE": str(local.vllm_cpu_kvcache_gib),
+            "VLLM_CPU_OMP_THREADS_BIND": f"0-{os.cpu_count() - 1}",  # vllm_cpu_threads_bind: all
+        },
     }
+    vllm_default = local.model_copy(update={"vllm_cpu_threads_bind": None})
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in backend.cpu_engine_env(vllm_default)
