@@ -83,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         dataset = check_dataset_name(args.dataset)
         settings = load_config(args.profile)
         cot = cot_settings(settings.cot, args.model, args.backend, args.promote, args.set)
-        if resolve_backend(cot) == "vllm":
-            reexec_for_vllm(cot, "jobs.generate_cot", sys.argv[1:] if argv is None else argv)
+        # Only from the command line: called in-process (argv given) it never replaces its caller.
+        if argv is None and resolve_backend(cot) == "vllm":
+            reexec_for_vllm(cot, "jobs.generate_cot", sys.argv[1:])
         return generate_cot_partition(settings, dataset, day, cot=cot).to_dict()
 
     return run_job("generate_cot", body)

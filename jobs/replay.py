@@ -117,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         if "cot" in stages:
             from llmcf_core.cot.backend import reexec_for_vllm, resolve_backend
 
-            if resolve_backend(settings.cot) == "vllm":  # the whole replay moves to the vLLM venv
-                reexec_for_vllm(settings.cot, "jobs.replay", sys.argv[1:] if argv is None else argv)
+            # From the command line the whole replay moves to the vLLM venv; called in-process
+            # (argv given) it never replaces its caller's process: the CoT stage then says what is missing.
+            if argv is None and resolve_backend(settings.cot) == "vllm":
+                reexec_for_vllm(settings.cot, "jobs.replay", sys.argv[1:])
         days = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
         totals: dict[str, float] = {}
         rows = {"samples_rows": 0, "cot_generated": 0, "pool_rows": 0}
