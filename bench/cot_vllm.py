@@ -25,7 +25,6 @@ and all its children (engine core, Ray workers), sampled every 0.2 s.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
@@ -43,24 +42,8 @@ HF_MODES = ("hf-batched", "hf-single")
 VLLM_MODES = ("vllm-eager", "vllm-ray", "vllm-compiled")
 
 
-def load_avg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def tree_rss_mb(root_pid: int) -> float:
-    import psutil
-
-    try:
-        root = psutil.Process(root_pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += p.memory_info().rss
-    return total / 2**20
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cot_generation import load_avg, tree_rss_mb  # noqa: E402  (bench/ is scripts, not a package)
 
 # ---------------------------------------------------------------- worker side (one mode per process)
 

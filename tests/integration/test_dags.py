@@ -31,22 +31,28 @@ _PARSE = textwrap.dedent(
 )
 
 
+def _run_over_dags(code: str, af_env: dict) -> dict:
+    """Run ``code`` (argv[1] = the DAGs folder) in a fresh interpreter; its last stdout line as JSON."""
+    from llmcf_airflow.local_env import DAGS_FOLDER
+
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(DAGS_FOLDER)],
+        env={**__import__("os").environ, **af_env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 @pytest.fixture
 def af_env(tmp_path, llmcf_home):
     return airflow_env(tmp_path / "airflow", paused_at_creation=False)
 
 
 def test_dags_import_cleanly_fast_and_light(af_env):
-    from llmcf_airflow.local_env import DAGS_FOLDER
 
-    out = subprocess.run(
-        [sys.executable, "-c", _PARSE, str(DAGS_FOLDER)],
-        env={**__import__("os").environ, **af_env},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    info = json.loads(out.strip().splitlines()[-1])
+    info = _run_over_dags(_PARSE, af_env)
     assert info["errors"] == {}
     assert {"llmcf_refresh", "llmcf_recgen", "llmcf_qdrant_admin"} <= set(info["dags"])
     assert {"resolve_partition", "samples.ingest", "samples.check_samples"} <= set(
@@ -126,16 +132,8 @@ _PARAMS = textwrap.dedent(
 def test_trigger_form_defaults_are_valid_and_bad_input_is_refused(af_env):
     """What the trigger form validates: every DAG's defaults pass (an empty partition is valid and means
     the logical date), every param carries help, a malformed date or an unknown stage is refused."""
-    from llmcf_airflow.local_env import DAGS_FOLDER
 
-    out = subprocess.run(
-        [sys.executable, "-c", _PARAMS, str(DAGS_FOLDER)],
-        env={**__import__("os").environ, **af_env},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    info = json.loads(out.strip().splitlines()[-1])
+    info = _run_over_dags(_PARAMS, af_env)
     refused = info.pop("refused")
     for dag_id, found in info.items():
         assert found["defaults"] == "valid", (dag_id, found)
