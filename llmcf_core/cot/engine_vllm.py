@@ -188,12 +188,28 @@ def build_vllm_processor(
     its engine stage bounded to ``cot.vllm_max_restarts`` actor restarts."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
+    from llmcf_core.raycompute import ensure_ray
+
+    ensure_ray()
     decoding = Decoding.from_config(cfg)
-    processor = build_processor(
-        vLLMEngineProcessorConfig(**processor_kwargs(cfg, model_source, gpu=gpu, runtime_env=runtime_env)),
-        preprocess=functools.partial(preprocess_row, decoding=decoding.to_dict(), model_source=model_source),
-        postprocess=functools.partial(postprocess_row, max_new_tokens=decoding.max_new_tokens, eos=eos),
-    )
+    # Ray's builder calls ray.init(ignore_reinit_error=True), which still parses RAY_ADDRESS and
+    # refuses a dashboard URL (what the Airflow side and the tests put there): hide it meanwhile.
+    saved = os.environ.get("RAY_ADDRESS", "")
+    if saved.startswith(("http://", "https://")):
+        os.environ.pop("RAY_ADDRESS")
+    try:
+        processor = build_processor(
+            vLLMEngineProcessorConfig(
+                **processor_kwargs(cfg, model_source, gpu=gpu, runtime_env=runtime_env)
+            ),
+            preprocess=functools.partial(
+                preprocess_row, decoding=decoding.to_dict(), model_source=model_source
+            ),
+            postprocess=functools.partial(postprocess_row, max_new_tokens=decoding.max_new_tokens, eos=eos),
+        )
+    finally:
+        if saved and "RAY_ADDRESS" not in os.environ:
+            os.environ["RAY_ADDRESS"] = saved
     stage = processor.get_stage_by_name(ENGINE_STAGE)
     stage.map_batches_kwargs["max_restarts"] = cfg.vllm_max_restarts
     stage.map_batches_kwargs["max_task_retries"] = cfg.vllm_max_restarts
