@@ -108,7 +108,7 @@ def test_killed_run_resumes_and_reruns_are_incremental(llmcf_home, ray_head, tin
 
 
 def test_vllm_processor_builds_inside_a_ray_job(ray_head, tiny_dir):
-    """build_processor accepts our config, preprocess and postprocess; the engine needs a GPU to run."""
+    """The cluster (GPU) profile's processor builds in the CPU stack without vLLM (it loads in the engine actors)."""
     code = (
         "import sys; from llmcf_core.config import CONFIG_DIR, load_config_file; "
         "from llmcf_core.cot.engine_vllm import build_vllm_processor; "
