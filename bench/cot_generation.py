@@ -36,6 +36,12 @@ def load_avg() -> str:
 
 
 def build_prompts(home, n: int, tokenizer) -> tuple[list[str], list[int]]:
+    built = built_prompts(home, n, tokenizer)
+    return built["prompt"].tolist(), built["n_prompt_tokens"].tolist()
+
+
+def built_prompts(home, n: int, tokenizer):
+    """The PromptBuilder frame of the first ``n`` samples of DAY (ingested into ``home`` if missing)."""
     from llmcf_core import storage
     from llmcf_core.cot.prompt import PromptBuilder
     from llmcf_core.paths import DataPaths
@@ -57,7 +63,7 @@ def build_prompts(home, n: int, tokenizer) -> tuple[list[str], list[int]]:
     )
     built = builder.build(samples)
     assert built["prompt_error"].isna().all()
-    return built["prompt"].tolist(), built["n_prompt_tokens"].tolist()
+    return built
 
 
 def progress(report: dict, key: str) -> None:

@@ -37,13 +37,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MAIN_PY = REPO / ".venv" / "bin" / "python"
 VLLM_PY = REPO / ".venv-vllm" / "bin" / "python"
-DAY = dt.date(1998, 1, 15)
 HF_MODES = ("hf-batched", "hf-single")
 VLLM_MODES = ("vllm-eager", "vllm-ray", "vllm-compiled")
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cot_generation import load_avg, tree_rss_mb  # noqa: E402  (bench/ is scripts, not a package)
+from cot_generation import built_prompts, load_avg, tree_rss_mb  # noqa: E402  (bench/ is scripts, not a package)
 
 # ---------------------------------------------------------------- worker side (one mode per process)
 
@@ -52,31 +51,12 @@ def _prepare(args) -> dict:
     """Render the prompts once (CPU stack venv) into --prompts-file."""
     from transformers import AutoTokenizer
 
-    from llmcf_core import storage
     from llmcf_core.config import load_config
-    from llmcf_core.cot.prompt import PromptBuilder
     from llmcf_core.llm.models import resolve_model
-    from llmcf_core.paths import DataPaths
 
     home = load_config().home
     model_dir = resolve_model(args.model, home)
-    paths = DataPaths(home, "ml-100k")
-    if not storage.is_published(paths.samples(DAY)):
-        from jobs import ingest
-
-        assert ingest.main(["--dataset", "ml-100k", "--partition", DAY.isoformat()]) == 0
-    samples = storage.read_partition(paths.samples(DAY)).to_pandas().head(args.prompts)
-    items = storage.read_partition(paths.items).to_pandas()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    built = PromptBuilder(
-        tokenizer,
-        items,
-        prompt_version="v1",
-        label_conditioned=True,
-        history_items=10,
-        max_prompt_tokens=1024,
-    ).build(samples)
-    assert built["prompt_error"].isna().all()
+    built = built_prompts(home, args.prompts, AutoTokenizer.from_pretrained(model_dir))
     out = {
         "model_dir": str(model_dir),
         "sample_ids": built["sample_id"].tolist(),

@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def without_dashboard_address() -> Iterator[None]:
+    """Hide a dashboard URL (``http://...``) in ``RAY_ADDRESS`` from ``ray.init`` meanwhile: it is for
+    the Jobs API, and ``ray.init`` refuses it even with ``ignore_reinit_error``."""
+    saved = os.environ.get("RAY_ADDRESS")
+    hide = bool(saved) and saved.startswith(("http://", "https://"))
+    if hide:
+        os.environ.pop("RAY_ADDRESS")
+    try:
+        yield
+    finally:
+        if hide:
+            os.environ["RAY_ADDRESS"] = saved
 
 
 def ensure_ray(num_cpus: int | None = None, *, dashboard: bool = False) -> None:
@@ -28,7 +45,7 @@ def ensure_ray(num_cpus: int | None = None, *, dashboard: bool = False) -> None:
     if address:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
         return
-    saved = os.environ.pop("RAY_ADDRESS", None)
+    saved = os.environ.pop("RAY_ADDRESS", None)  # empty, or a dashboard URL: start a local instance
     try:
         if dashboard:
             from llmcf_core.localray import free_ports

@@ -188,16 +188,11 @@ def build_vllm_processor(
     its engine stage bounded to ``cot.vllm_max_restarts`` actor restarts."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    from llmcf_core.raycompute import ensure_ray
+    from llmcf_core.raycompute import ensure_ray, without_dashboard_address
 
     ensure_ray()
     decoding = Decoding.from_config(cfg)
-    # Ray's builder calls ray.init(ignore_reinit_error=True), which still parses RAY_ADDRESS and
-    # refuses a dashboard URL (what the Airflow side and the tests put there): hide it meanwhile.
-    saved = os.environ.get("RAY_ADDRESS", "")
-    if saved.startswith(("http://", "https://")):
-        os.environ.pop("RAY_ADDRESS")
-    try:
+    with without_dashboard_address():  # Ray's builder calls ray.init(), which refuses a dashboard URL
         processor = build_processor(
             vLLMEngineProcessorConfig(
                 **processor_kwargs(cfg, model_source, gpu=gpu, runtime_env=runtime_env)
@@ -207,9 +202,6 @@ def build_vllm_processor(
             ),
             postprocess=functools.partial(postprocess_row, max_new_tokens=decoding.max_new_tokens, eos=eos),
         )
-    finally:
-        if saved and "RAY_ADDRESS" not in os.environ:
-            os.environ["RAY_ADDRESS"] = saved
     stage = processor.get_stage_by_name(ENGINE_STAGE)
     stage.map_batches_kwargs["max_restarts"] = cfg.vllm_max_restarts
     stage.map_batches_kwargs["max_task_retries"] = cfg.vllm_max_restarts
