@@ -63,3 +63,26 @@ def ensure_ray(num_cpus: int | None = None, *, dashboard: bool = False) -> None:
     finally:
         if saved is not None:
             os.environ["RAY_ADDRESS"] = saved
+
+
+@contextlib.contextmanager
+def checkpoint_directory(checkpoint, prefix: str = "ckpt-") -> Iterator[str]:
+    """A Ray Train checkpoint as a local folder that this process alone reads.
+
+    A local checkpoint is read in place. A remote one is downloaded into a temporary folder of this
+    process: Ray's ``as_directory`` shares one temporary folder per node, and a worker that arrives
+    after another worker's download finished downloads again over the files that worker is reading
+    (a torn file on resume, seen with 2 workers on one node).
+    """
+    import tempfile
+
+    import pyarrow.fs
+
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        yield checkpoint.path
+        return
+    from llmcf_core import fsio
+
+    fsio.cache_root().mkdir(parents=True, exist_ok=True)  # the pods' cache volume, not /tmp
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=fsio.cache_root()) as folder:
+        yield checkpoint.to_directory(folder)

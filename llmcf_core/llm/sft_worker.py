@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from llmcf_core import fsio
+from llmcf_core import fsio, raycompute
 
 CKPT_TAG = "ds"
 STATE_FILE = "trainer_state.json"
@@ -102,7 +102,7 @@ def resume_folder(stack: contextlib.ExitStack, registered: Any, cfg: dict, rank:
     """The checkpoint to resume from: Ray's registered one, or a newer complete one in the run folder.
 
     Rank 0 decides and broadcasts, so every rank loads the same checkpoint. A registered checkpoint
-    is opened by each rank itself (on remote storage ``as_directory`` downloads it per node); a
+    is opened by each rank itself (on remote storage each rank downloads its own copy); a
     scanned one on an object store is downloaded by each rank into a temporary folder.
     """
     import torch.distributed as dist
@@ -111,7 +111,7 @@ def resume_folder(stack: contextlib.ExitStack, registered: Any, cfg: dict, rank:
     if rank == 0:
         best: tuple[int, str] | None = None
         if registered is not None:
-            with registered.as_directory() as folder:
+            with raycompute.checkpoint_directory(registered, prefix="recgen-probe-") as folder:
                 step = checkpoint_step(Path(folder), cfg["world_size"])
             best = (step, "registered") if step is not None else None
         if cfg.get("run_dir") and fsio.as_path(cfg["run_dir"]).is_dir():
@@ -123,7 +123,9 @@ def resume_folder(stack: contextlib.ExitStack, registered: Any, cfg: dict, rank:
     if choice[0] is None:
         return None
     if choice[0] == "registered":
-        return Path(stack.enter_context(registered.as_directory()))
+        return Path(
+            stack.enter_context(raycompute.checkpoint_directory(registered, prefix=f"recgen-resume-r{rank}-"))
+        )
     if fsio.is_url(choice[0]):
         fsio.cache_root().mkdir(parents=True, exist_ok=True)  # the pods' cache volume, not /tmp
         local = Path(

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from llmcf_core import fsio
+from llmcf_core import fsio, raycompute
 from llmcf_core.paths import InvalidArgument
 from llmcf_core.rec import metrics as M
 from llmcf_core.rec import registry
@@ -163,7 +163,7 @@ class RayIO:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
-        with checkpoint.as_directory() as folder:
+        with raycompute.checkpoint_directory(checkpoint, prefix=f"rec-resume-r{self.rank}-") as folder:
             return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
 
     def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
@@ -500,5 +500,5 @@ def _fit_ray(
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {run_dir} finished without a checkpoint")
-    with result.checkpoint.as_directory() as folder:
+    with raycompute.checkpoint_directory(result.checkpoint, prefix="rec-final-") as folder:
         return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)

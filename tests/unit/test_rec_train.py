@@ -4,6 +4,7 @@ CLI contract, and the publish gate."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +167,28 @@ def test_publish_partition_finds_the_version_the_job_wrote(rec_settings):
     assert decision.published and decision.version == result.version
     with pytest.raises(Exception, match="no trained"):
         registry.publish_partition(home, "synth", "DCN", "llmcf_wocot", "2030-01-01", tolerance=0.002)
+
+
+def test_checkpoint_directory_gives_each_reader_its_own_copy(tmp_path):
+    """A remote checkpoint is downloaded per reader (Ray's shared temp folder tore a file on resume);
+    a local one is read in place."""
+    import pyarrow.fs
+    from fsspec.implementations.memory import MemoryFileSystem
+    from ray.train import Checkpoint
+
+    from llmcf_core.raycompute import checkpoint_directory
+
+    local = tmp_path / "ckpt"
+    local.mkdir()
+    (local / "state.pt").write_bytes(b"x" * 1000)
+    with checkpoint_directory(Checkpoint.from_directory(str(local))) as folder:
+        assert folder == str(local)
+
+    mem = MemoryFileSystem()
+    mem.pipe("/bucket/ckpt/state.pt", b"y" * 1000)
+    remote = Checkpoint("/bucket/ckpt", filesystem=pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(mem)))
+    with checkpoint_directory(remote) as first, checkpoint_directory(remote) as second:
+        assert first != second  # a second reader never downloads over the first one's files
+        for folder in (first, second):
+            assert (Path(folder) / "state.pt").read_bytes() == b"y" * 1000
+    assert not Path(first).exists() and not Path(second).exists()
