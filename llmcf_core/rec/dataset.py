@@ -40,7 +40,16 @@ from llmcf_core.rec.spec import DataSpec
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
-SAMPLE_COLUMNS = ["sample_id", "user_id", "item_id", "timestamp", "label", "history_item_ids", "split"]
+SAMPLE_COLUMNS = [
+    "sample_id",
+    "user_id",
+    "item_id",
+    "timestamp",
+    "label",
+    "history_item_ids",
+    "history_labels",
+    "split",
+]
 # When the valid split is empty (days before valid_start), the latest share of the train rows
 # (by timestamp) validates instead; metrics.json says which ("valid_source").
 HOLDOUT_SHARE = 0.1
@@ -60,6 +69,7 @@ class RecTables:
     user: np.ndarray  # (N,) int64 user index
     item: np.ndarray  # (N,) int64 item index
     hist: np.ndarray  # (N, L) int64 item indices, oldest first, right-padded with 0
+    hist_fb: np.ndarray  # (N, L) int64 feedback on each history item: 0 padding, 1 negative, 2 positive
     label: np.ndarray  # (N,) int8
     timestamp: np.ndarray  # (N,) int64
     split: np.ndarray  # (N,) int8: index into SPLITS
@@ -97,6 +107,7 @@ class RecTables:
             "user": torch.from_numpy(self.user[rows]),
             "item": torch.from_numpy(self.item[rows]),
             "hist": torch.from_numpy(self.hist[rows]),
+            "hist_fb": torch.from_numpy(self.hist_fb[rows]),
             "label": torch.from_numpy(self.label[rows].astype(np.float32)),
         }
         if self.nb_row is None:
@@ -108,6 +119,7 @@ class RecTables:
             "nb_user": torch.from_numpy(self.user[ex]),
             "nb_item": torch.from_numpy(self.item[ex]),
             "nb_hist": torch.from_numpy(self.hist[ex]),  # (B, K, L)
+            "nb_hist_fb": torch.from_numpy(self.hist_fb[ex]),  # (B, K, L)
             "nb_label": torch.from_numpy(self.label[ex].astype(np.int64)),
             "nb_mask": torch.from_numpy(mask),
         }
@@ -175,21 +187,37 @@ def _index_of(sorted_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.where(sorted_ids[pos] == values, pos + 1, 0).astype(np.int64)
 
 
-def _history_matrix(lists: pa.ChunkedArray, item_ids: np.ndarray, length: int) -> np.ndarray:
-    """list<int64> histories (oldest first) -> (N, length) item indices, keeping the newest."""
+def _newest_matrix(lists: pa.ChunkedArray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """list<int> column (oldest first) -> (N, length) values keeping the newest, left-aligned and
+    right-padded, and the (N, length) mask of filled slots."""
     arr = lists.combine_chunks()
     offsets = np.asarray(arr.offsets.to_numpy(), dtype=np.int64)
-    flat = _index_of(item_ids, np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.int64))
+    flat = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
     n = len(arr)
     starts, ends = offsets[:-1], offsets[1:]
     starts = np.maximum(starts, ends - length)  # keep the newest `length`
     lens = ends - starts
     out = np.zeros((n, length), dtype=np.int64)
+    filled = np.zeros((n, length), dtype=bool)
     row = np.repeat(np.arange(n), lens)
     col = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
     src = np.repeat(starts - offsets[0], lens) + col
     out[row, col] = flat[src]
-    return out
+    filled[row, col] = True
+    return out, filled
+
+
+def _history_matrix(lists: pa.ChunkedArray, item_ids: np.ndarray, length: int) -> np.ndarray:
+    """list<int64> histories (oldest first) -> (N, length) item indices, keeping the newest."""
+    raw, filled = _newest_matrix(lists, length)
+    return np.where(filled, _index_of(item_ids, raw.ravel()).reshape(raw.shape), 0)
+
+
+def _feedback_matrix(labels: pa.ChunkedArray, hist: np.ndarray) -> np.ndarray:
+    """History labels (0/1, aligned with the item lists) -> feedback codes 1 negative, 2 positive,
+    0 where the history slot is padding or an unknown item."""
+    raw, filled = _newest_matrix(labels, hist.shape[1])
+    return np.where(filled & (hist > 0), np.clip(raw, 0, 1) + 1, 0)
 
 
 def resolve_embedder(settings: Any, explicit: str | None) -> str:
@@ -278,7 +306,8 @@ def load_tables(
         sample_id=sample_id,
         user=_index_of(user_ids, user_raw),
         item=_index_of(item_ids, np.asarray(samples.column("item_id").to_numpy(), dtype=np.int64)),
-        hist=_history_matrix(samples.column("history_item_ids"), item_ids, history_len),
+        hist=(hist := _history_matrix(samples.column("history_item_ids"), item_ids, history_len)),
+        hist_fb=_feedback_matrix(samples.column("history_labels"), hist),
         label=np.asarray(samples.column("label").to_numpy(), dtype=np.int8),
         timestamp=timestamp,
         split=split,

@@ -5,6 +5,11 @@ embeddings), the item's text embedding and the history's mean text embedding, bo
 D -> 256 -> E (METHOD.md: "item text emb mapped 768->256->32"). The ICT's feature token of a
 sample (current or retrieved) is an MLP of these six fields concatenated.
 
+Each history item carries the user's feedback on it (liked / not liked, the sample's
+``history_labels``): a feedback embedding is added to the item's embedding, so the mean-history
+field, DIN's attention keys and the ICT's feature tokens all see what the user thought of each item,
+as DIN-style models do. Feedback 0 (padding, or not known online) adds nothing.
+
 Sequential fields (each H wide): the history (mean item embedding), the history's text, and the
 target item with its text; the current sample of a next-item request has no target, so those two
 fields are zero in its feature token.
@@ -24,6 +29,7 @@ from llmcf_core.rec.ict import token_mlp
 from llmcf_core.rec.spec import DataSpec
 
 RANKING_FIELDS = ("user", "item", "genres", "history", "item_text", "history_text")
+FEEDBACK_CODES = 3  # history feedback: 0 padding / unknown, 1 negative, 2 positive
 TEXT_HIDDEN = 256
 
 
@@ -51,6 +57,7 @@ class RankingFields(nn.Module):
         self.user = nn.Embedding(spec.n_users + 1, dim)  # 0 = unknown user (learned)
         self.item = nn.Embedding(spec.n_items + 1, dim, padding_idx=0)
         self.genre = nn.Embedding(spec.n_genres + 1, dim, padding_idx=0)
+        self.feedback = nn.Embedding(FEEDBACK_CODES, dim, padding_idx=0)  # 0 none, 1 negative, 2 positive
         self.text_proj = token_mlp(spec.text_dim, TEXT_HIDDEN, dim)  # D -> 256 -> E
         self.register_buffer("item_text", torch.from_numpy(spec.item_text).float())  # (I+1, D)
         self.register_buffer("item_genres", torch.from_numpy(spec.item_genres).long())  # (I+1, G)
@@ -60,11 +67,16 @@ class RankingFields(nn.Module):
     def feature_dim(self) -> int:
         return len(RANKING_FIELDS) * self.dim
 
-    def forward(self, user: torch.Tensor, item: torch.Tensor, hist: torch.Tensor) -> RankingFieldEmbeddings:
-        """user (B,), item (B,), hist (B, L) item indices (0 = padding)."""
+    def forward(
+        self, user: torch.Tensor, item: torch.Tensor, hist: torch.Tensor, hist_fb: torch.Tensor | None = None
+    ) -> RankingFieldEmbeddings:
+        """user (B,), item (B,), hist (B, L) item indices (0 = padding), hist_fb (B, L) feedback codes
+        (None: unknown)."""
         hist_mask = hist > 0  # (B, L)
         genres = self.item_genres[item]  # (B, G)
         hist_emb = self.item(hist)  # (B, L, E)
+        if hist_fb is not None:
+            hist_emb = hist_emb + self.feedback(hist_fb)  # (B, L, E): what the user thought of each item
         target = self.item(item)  # (B, E)
         stack = torch.stack(
             (
@@ -79,10 +91,14 @@ class RankingFields(nn.Module):
         )  # (B, 6, E)
         return RankingFieldEmbeddings(stack, target, hist_emb, hist_mask)
 
-    def features(self, user: torch.Tensor, item: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
-        """Flat features for any leading shape: (*S,), (*S,), (*S, L) -> (*S, 6E)."""
+    def features(
+        self, user: torch.Tensor, item: torch.Tensor, hist: torch.Tensor, hist_fb: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Flat features for any leading shape: (*S,), (*S,), (*S, L), (*S, L) -> (*S, 6E)."""
         lead = user.shape
-        f = self(user.reshape(-1), item.reshape(-1), hist.reshape(-1, hist.shape[-1]))
+        L = hist.shape[-1]
+        fb = hist_fb.reshape(-1, L) if hist_fb is not None else None
+        f = self(user.reshape(-1), item.reshape(-1), hist.reshape(-1, L), fb)
         return f.flat.reshape(*lead, -1)
 
 

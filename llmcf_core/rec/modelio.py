@@ -72,10 +72,25 @@ def load_version(folder: Any) -> LoadedModel:
     meta = registry.read_json(folder / registry.META_FILE)
     spec = DataSpec.from_sizes(meta["spec"])
     model = build_model(meta["model"], spec, HParams.from_dict(meta["hparams"]), meta["variant"])
-    model.load_state_dict(torch.load(folder / registry.MODEL_FILE, map_location="cpu", weights_only=True))
+    state = torch.load(folder / registry.MODEL_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(_upgrade_state(state, model))
     model.eval()
     vocab = np.load(folder / registry.VOCAB_FILE)
     return LoadedModel(model, meta, vocab["user_ids"], vocab["item_ids"], folder)
+
+
+# Parameters added after models were first saved, whose zero value reproduces the older model exactly
+# (the history feedback embedding adds nothing when zero).
+_ADDED_LATER = {"fields.feedback.weight"}
+
+
+def _upgrade_state(state: dict[str, torch.Tensor], model: RecModel) -> dict[str, torch.Tensor]:
+    """A state_dict saved before a parameter in ``_ADDED_LATER`` existed gets zeros for it."""
+    fresh = model.state_dict()
+    missing = {name for name in fresh if name not in state}
+    if not missing or not missing <= _ADDED_LATER:
+        return state  # load_state_dict reports anything else that does not match
+    return {**state, **{name: torch.zeros_like(fresh[name]) for name in missing}}
 
 
 # Embedding tables whose rows follow a vocabulary: copied row by row by raw id on a warm start.

@@ -12,8 +12,10 @@ reuses the finished folder or resumes the unfinished run. Version folders are wr
 final place and renamed into it (on an object store: uploaded with ``metrics.json`` last), so a
 folder with ``metrics.json`` is complete.
 
-The gate publishes a version (moves the pointer) unless its validation metric (AUC for ranking,
-NDCG@10 for next item) is worse than the published model's by more than ``tolerance``.
+The gate publishes a version (moves the pointer) only if its validation metric (AUC for ranking,
+NDCG@10 for next item) beats the counting baseline of its task on the same validation rows
+(``metrics.json`` ``baseline_floor``, see ``llmcf_core.rec.baselines``; first publication included)
+and is not worse than the published model's by more than ``tolerance``.
 
 Light at import (the standard library and ``llmcf_core.fsio``, i.e. fsspec, which Airflow ships):
 an Airflow check task may call ``publish_gate``.
@@ -103,6 +105,11 @@ def commit_folder(staged: Path, final: Any) -> None:
         os.rename(staged, final)
 
 
+def set_pointer(home: Path, dataset: str, model: str, variant: str, version: str, **info: Any) -> None:
+    """Point ``latest-<dataset>`` at ``version`` (atomic). The gate is the one caller in the pipeline."""
+    write_json_atomic(pointer_path(home, dataset, model, variant), {"version": version, **info})
+
+
 @dataclass(frozen=True)
 class GateDecision:
     published: bool
@@ -116,6 +123,8 @@ class GateDecision:
     previous_value: float | None
     tolerance: float
     reason: str
+    baseline: str | None = None
+    baseline_value: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,21 +148,31 @@ def publish_gate(
         if prev_metrics.get("primary_metric") == metric:
             previous_value = float(prev_metrics["valid"][metric])
 
+    floor = metrics.get("baseline_floor") or {}
+    floor_value = float(floor["valid"]) if floor.get("valid") is not None else None
     if math.isnan(value):
         ok, reason = False, f"validation {metric} is NaN"
+    elif floor_value is None:
+        ok, reason = (
+            False,
+            "no counting baseline recorded with this version (trained before baselines): retrain it",
+        )
+    elif not value > floor_value:
+        ok, reason = (
+            False,
+            f"valid {metric} {value:.4f} does not beat the counting baseline {floor['name']} "
+            f"({floor_value:.4f}) on the same validation rows",
+        )
     elif previous == version:
         ok, reason = True, "already the published version"
     elif previous_value is None or math.isnan(previous_value):
-        ok, reason = True, "no comparable published model"
+        ok, reason = True, f"beats baseline {floor['name']} {floor_value:.4f}; no comparable published model"
     elif value >= previous_value - tolerance:
         ok, reason = True, f"valid {metric} {value:.4f} >= {previous_value:.4f} - {tolerance}"
     else:
         ok, reason = False, f"valid {metric} {value:.4f} < {previous_value:.4f} - {tolerance}"
     if ok and previous != version:
-        write_json_atomic(
-            pointer_path(home, dataset, model, variant),
-            {"version": version, "metric": metric, "value": value},
-        )
+        set_pointer(home, dataset, model, variant, version, metric=metric, value=value)
     return GateDecision(
         published=ok,
         dataset=dataset,
@@ -166,6 +185,8 @@ def publish_gate(
         previous_value=previous_value,
         tolerance=tolerance,
         reason=reason,
+        baseline=floor.get("name"),
+        baseline_value=floor_value,
     )
 
 

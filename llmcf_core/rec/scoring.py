@@ -45,6 +45,7 @@ class ScoreRequest:
     history_item_ids: list[int]  # oldest first
     candidate_item_ids: list[int]
     timestamp: int | None = None  # examples must be older than this; None = any
+    history_labels: list[int] | None = None  # 1 liked / 0 not, per history item; None = not known
 
 
 @dataclass
@@ -141,6 +142,7 @@ class ExampleStore:
                     "nb_user": torch.from_numpy(tables.user[part])[:, None],
                     "nb_item": torch.from_numpy(tables.item[part])[:, None],
                     "nb_hist": torch.from_numpy(tables.hist[part])[:, None],
+                    "nb_hist_fb": torch.from_numpy(tables.hist_fb[part])[:, None],
                     "nb_label": torch.from_numpy(tables.label[part].astype(np.int64))[:, None],
                     "nb_cot": torch.from_numpy(tables.cot[tables.cot_row[part]])[:, None],
                 }
@@ -212,17 +214,28 @@ class Scorer:
 
     # -- request -> tensors ----------------------------------------------------------------
 
-    def _history(self, history_item_ids: list[int]) -> np.ndarray:
+    def _history(
+        self, history_item_ids: list[int], labels: list[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(L,) item indices of the newest known history items, left-aligned, and their feedback
+        codes (1 negative, 2 positive; 0 padding or not known)."""
+        if labels is not None and len(labels) != len(history_item_ids):
+            raise ValueError(
+                f"history_labels has {len(labels)} values for {len(history_item_ids)} history items"
+            )
         idx = self.loaded.item_index(np.asarray(history_item_ids[-self.history_len :], dtype=np.int64))
-        idx = idx[idx > 0]
-        out = np.zeros(self.history_len, dtype=np.int64)
-        out[: len(idx)] = idx
-        return out
+        fb = np.zeros(len(idx), dtype=np.int64)
+        if labels is not None:
+            fb = np.clip(np.asarray(labels[-self.history_len :], dtype=np.int64), 0, 1) + 1
+        known = idx > 0
+        out, out_fb = np.zeros(self.history_len, dtype=np.int64), np.zeros(self.history_len, dtype=np.int64)
+        out[: known.sum()], out_fb[: known.sum()] = idx[known], fb[known]
+        return out, out_fb
 
     def retrieval_query(self, req: ScoreRequest) -> RetrievalQuery:
         """What the retriever is asked (for a Qdrant retriever, or to time retrieval apart)."""
         assert self.item_text is not None
-        hist = self._history(req.history_item_ids)
+        hist, _ = self._history(req.history_item_ids)
         hv = self.item_text[hist[hist > 0]].mean(0) if (hist > 0).any() else np.zeros(self.item_text.shape[1])
         targets = None
         if not isinstance(self.model, SequentialModel):
@@ -239,7 +252,8 @@ class Scorer:
     def score_with_examples(self, req: ScoreRequest, example_ids: list[list[str]] | None) -> np.ndarray:
         """Scores given already retrieved examples ((C, K) ids for ranking, (1, K) for next item)."""
         items = torch.from_numpy(self.loaded.item_index(np.asarray(req.candidate_item_ids, dtype=np.int64)))
-        hist = torch.from_numpy(self._history(req.history_item_ids))
+        hist_np, fb_np = self._history(req.history_item_ids, req.history_labels)
+        hist, hist_fb = torch.from_numpy(hist_np), torch.from_numpy(fb_np)
         user = int(self.loaded.user_index(np.array([req.user_id]))[0])
         sequential = isinstance(self.model, SequentialModel)
         n = 1 if sequential else len(items)
@@ -247,6 +261,7 @@ class Scorer:
             "user": torch.full((n,), user, dtype=torch.long),
             "item": items[:n],
             "hist": hist.expand(n, -1),
+            "hist_fb": hist_fb.expand(n, -1),
         }
         if self.model.ict is not None:
             assert self.store is not None and example_ids is not None
@@ -271,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", help="default: the published version")
     parser.add_argument("--user", type=int, required=True)
     parser.add_argument("--history", default="", help="comma-separated item ids, oldest first")
+    parser.add_argument("--history-labels", help="comma-separated 1 (liked) / 0 per history item")
     parser.add_argument("--candidates", required=True, help="comma-separated item ids")
     parser.add_argument("--timestamp", type=int, help="only examples older than this (epoch seconds)")
     parser.add_argument("--profile")
@@ -284,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     scorer = Scorer.load(
         load_config(args.profile), args.dataset, args.model, args.variant, version=args.version
     )
-    req = ScoreRequest(args.user, ids(args.history), ids(args.candidates), args.timestamp)
+    labels = ids(args.history_labels) if args.history_labels else None
+    if labels is not None and len(labels) != len(ids(args.history)):
+        parser.error(f"--history-labels has {len(labels)} values for {len(ids(args.history))} history items")
+    req = ScoreRequest(args.user, ids(args.history), ids(args.candidates), args.timestamp, labels)
     started = time.perf_counter()
     scores = scorer.score(req)
     elapsed = (time.perf_counter() - started) * 1000

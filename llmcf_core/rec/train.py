@@ -38,8 +38,8 @@ import torch
 
 from llmcf_core import fsio, raycompute
 from llmcf_core.paths import InvalidArgument
+from llmcf_core.rec import baselines, registry
 from llmcf_core.rec import metrics as M
-from llmcf_core.rec import registry
 from llmcf_core.rec.backbones import RecModel, SequentialModel, build_model, model_class
 from llmcf_core.rec.dataset import RecTables, load_tables
 from llmcf_core.rec.spec import VARIANTS, HParams
@@ -410,6 +410,9 @@ def train(
     else:
         state = _fit_ray(tables, run, run_dir, workers, rec, warm_state)
     seconds = round(time.perf_counter() - started, 3)
+    counted = baselines.baselines_for(tables, cls.task)
+    floor_valid = baselines.floor(counted, cls.task, "valid")
+    floor_test = baselines.floor(counted, cls.task, "test")
 
     metrics = {
         **state["final"],
@@ -426,6 +429,13 @@ def train(
         "data": tables.stats,
         "fingerprint": tables.fingerprint,
         "warm_start": warm_info,
+        "baselines": counted,  # counting baselines on the same split (llmcf_core.rec.baselines)
+        "baseline_floor": {
+            "name": floor_valid[0] if floor_valid else None,
+            "metric": state["final"]["primary_metric"],
+            "valid": floor_valid[1] if floor_valid else None,
+            "test": floor_test[1] if floor_test else None,
+        },
     }
     meta = {
         "model": model,

@@ -196,7 +196,7 @@ def test_rec_registry_publishes_on_an_object_store(bucket, tmp_path) -> None:
     staged = tmp_path / "staged"
     staged.mkdir()
     (staged / "model.pt").write_bytes(b"weights")
-    metrics = {"primary_metric": "auc", "valid": {"auc": 0.7}}
+    metrics = {"primary_metric": "auc", "valid": {"auc": 0.7}, "baseline_floor": {"name": "b", "valid": 0.6}}
     (staged / "metrics.json").write_text(json.dumps(metrics))
     final = rec_registry.version_dir(home, "DIN", "base", "ds-all-s0-abc123")
     rec_registry.commit_folder(staged, final)
@@ -309,7 +309,15 @@ def test_ingest_job_and_registry_on_an_s3_data_root(s3_bucket, tmp_path, monkeyp
         staged = tmp_path / "model"
         staged.mkdir()
         (staged / "model.pt").write_bytes(b"w")
-        (staged / "metrics.json").write_text(json.dumps({"primary_metric": "auc", "valid": {"auc": 0.6}}))
+        (staged / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "primary_metric": "auc",
+                    "valid": {"auc": 0.6},
+                    "baseline_floor": {"name": "b", "valid": 0.5},
+                }
+            )
+        )
         final = rec_registry.version_dir(fsio.as_path(home), "DIN", "base", "mylogs-all-s0-abc")
         rec_registry.commit_folder(staged, final)
         decision = rec_registry.publish_gate(

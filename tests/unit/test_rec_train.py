@@ -104,25 +104,37 @@ def test_warm_start_copies_rows_by_raw_id(rec_settings):
     from llmcf_core.rec.train import train
 
     first = train(rec_settings, "synth", "SASRec", "llmcf", workers=0, max_epochs=1)
-    registry.publish_gate(rec_settings.home, "synth", "SASRec", "llmcf", first.version, tolerance=0.0)
+    registry.set_pointer(rec_settings.home, "synth", "SASRec", "llmcf", first.version)
     warm = train(rec_settings, "synth", "SASRec", "llmcf", workers=0, max_epochs=1, warm_start=True, seed=1)
     info = warm.metrics["warm_start"]
     assert info["from"] == first.version and info["item_rows"] == 15 and info["tensors"] > 10
     assert warm.metrics["primary_metric"] == "ndcg@10" and "hit@10" in warm.metrics["test"]
 
 
-def _fake_version(home, version: str, auc: float, metric: str = "auc") -> None:
+def _fake_version(home, version: str, auc: float, metric: str = "auc", floor: float | None = 0.65) -> None:
     folder = registry.version_dir(home, "DIN", "llmcf", version)
     folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(json.dumps({"primary_metric": metric, "valid": {metric: auc}}))
+    metrics = {"primary_metric": metric, "valid": {metric: auc}}
+    if floor is not None:
+        metrics["baseline_floor"] = {"name": "item_plus_history", "metric": metric, "valid": floor}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
 
 
 def test_publish_gate(tmp_path):
     home = tmp_path
     _fake_version(home, "v1", 0.70)
     _fake_version(home, "v2", 0.699)  # within tolerance
-    _fake_version(home, "v3", 0.60)  # much worse
+    _fake_version(home, "v3", 0.66)  # much worse than v2, above the floor
     _fake_version(home, "v4", float("nan"))
+    _fake_version(home, "v0", 0.64)  # below its counting baseline (0.65)
+    _fake_version(home, "v00", 0.90, floor=None)  # no baseline recorded
+
+    # The floor holds for a first publication too: nothing is published yet.
+    d0 = registry.publish_gate(home, "ml-100k", "DIN", "llmcf", "v0", tolerance=1.0)
+    assert not d0.published and "does not beat the counting baseline item_plus_history" in d0.reason
+    assert d0.baseline_value == pytest.approx(0.65)
+    assert not registry.publish_gate(home, "ml-100k", "DIN", "llmcf", "v00", tolerance=1.0).published
+    assert registry.current_version(home, "ml-100k", "DIN", "llmcf") is None
 
     d1 = registry.publish_gate(home, "ml-100k", "DIN", "llmcf", "v1", tolerance=0.002)
     assert d1.published and d1.previous_version is None

@@ -8,8 +8,11 @@
 
 A batch is a dict of tensors built by ``llmcf_core.rec.dataset.RecTables.batch``:
 
-    user (B,)  item (B,)  hist (B, L)  label (B,) float
-    nb_user (B, K)  nb_item (B, K)  nb_hist (B, K, L)  nb_label (B, K)  nb_mask (B, K) bool
+    user (B,)  item (B,)  hist (B, L)  hist_fb (B, L)  label (B,) float
+    nb_user (B, K)  nb_item (B, K)  nb_hist (B, K, L)  nb_hist_fb (B, K, L)  nb_label (B, K)  nb_mask (B, K) bool
+
+``hist_fb`` is the feedback on each history item (0 padding or unknown, 1 negative, 2 positive);
+ranking backbones add its embedding to the history item embeddings (optional: absent = unknown).
     nb_cot (B, K, D)  nb_cot_mask (B, K) bool       (only for the llmcf* variants)
     nb_tokens (B, K, P, C)                          (optional: precomputed example tokens, online)
 
@@ -111,11 +114,13 @@ class RankingModel(RecModel):
 
     def example_tokens(self, batch: Batch) -> torch.Tensor:
         assert self.ict is not None
-        ex_feat = self.fields.features(batch["nb_user"], batch["nb_item"], batch["nb_hist"])  # (B, K, F)
+        ex_feat = self.fields.features(
+            batch["nb_user"], batch["nb_item"], batch["nb_hist"], batch.get("nb_hist_fb")
+        )  # (B, K, F)
         return self.ict.example_tokens(ex_feat, batch.get("nb_cot"), batch["nb_label"])
 
     def logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.fields(batch["user"], batch["item"], batch["hist"])
+        f = self.fields(batch["user"], batch["item"], batch["hist"], batch.get("hist_fb"))
         if self.ict is None:
             return self.score(f, None), f.stack.new_zeros(())
         ict_out, recon = self._in_context(batch, f.flat)  # (B, C), ()
