@@ -4,7 +4,10 @@
     python -m llmcf_airflow.demo --ui       # the Airflow UI over the demo's runs (Ctrl-C stops it)
 
 Airflow runs with SQLite under $AIRFLOW_HOME (default .airflow/); each day is one
-`airflow dags test llmcf_refresh <day>` run, recorded in Airflow's database like any run.
+`airflow dags test llmcf_refresh <day>` run, recorded in Airflow's database like any run. Before
+them, the days from ``demo.bootstrap_from`` get their samples (`jobs.replay --stages samples`, no
+CoTs), so the recommender trains on months of history; the publish gate then publishes it only if
+it beats the counting baseline of its task on validation, and the summary prints both.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -98,19 +102,88 @@ def _report(days: list[dt.date], dataset: str, outcomes: dict[str, str]) -> int:
     items = storage.read_manifest(paths.items)
     if items:
         print(f"items table: {items['rows']} items at {paths.items}")
-    rec_root = settings.home / "models" / "rec"
-    for pointer in sorted(rec_root.glob("*/latest-*")) if rec_root.is_dir() else []:
-        print(f"recommender published: {pointer.parent.name} -> {pointer.read_text().strip()[:200]}")
-    for metrics in sorted(rec_root.glob("*/*/metrics.json")) if rec_root.is_dir() else []:
-        data = json.loads(metrics.read_text())
-        valid = data.get("valid") or {}
-        print(
-            f"recommender {metrics.parent.parent.name}/{metrics.parent.name}: valid AUC "
-            f"{valid.get('auc', float('nan')):.3f} on {valid.get('n', '?')} rows ({data.get('valid_source', '')}), "
-            f"{data.get('epochs', '?')} epochs"
-        )
+    _report_recommenders(settings, dataset)
     print(f"data root: {settings.home}/{dataset}/")
     return failures
+
+
+def _report_recommenders(settings, dataset: str) -> None:
+    """Each trained recommender's validation metric beside its counting baseline, and what the
+    publish gate did with it."""
+    from llmcf_core.rec import registry
+
+    root = registry.rec_root(settings.home)
+    for metrics_file in sorted(root.glob("*/*/metrics.json")) if root.is_dir() else []:
+        data = json.loads(metrics_file.read_text())
+        if data.get("dataset") != dataset:
+            continue
+        model_variant, version = metrics_file.parent.parent.name, metrics_file.parent.name
+        metric = data.get("primary_metric", "auc")
+        value = (data.get("valid") or {}).get(metric, float("nan"))
+        floor = data.get("baseline_floor") or {}
+        base = floor.get("valid")
+        verdict = (
+            "no baseline recorded"
+            if base is None
+            else ("beats" if value > base else "does NOT beat")
+            + f" counting baseline {floor['name']} {base:.3f}"
+        )
+        rows = (data.get("valid") or {}).get("n", "?")
+        print(
+            f"recommender {model_variant}/{version}: valid {metric.upper()} {value:.3f} on {rows} rows "
+            f"({data.get('valid_source', '')}), {verdict}; trained on {data.get('data', {}).get('rows')} rows, "
+            f"{data.get('epochs', '?')} epochs"
+        )
+    for pointer in sorted(root.glob(f"*/latest-{dataset}")) if root.is_dir() else []:
+        info = json.loads(pointer.read_text())
+        print(f"recommender published: {pointer.parent.name} {info.get('version')}")
+    if not root.is_dir() or not list(root.glob(f"*/latest-{dataset}")):
+        print("recommender published: none (the publish gate refused every trained model: see above)")
+
+
+def _bootstrap_history(settings, demo) -> None:
+    """Samples for the days before the demo's first day (`jobs.replay --stages samples`): idempotent,
+    so a second demo only re-checks them."""
+    if demo.bootstrap_from is None or demo.bootstrap_from >= demo.first_day:
+        return
+    last = demo.first_day - dt.timedelta(days=1)
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "jobs.replay", "--dataset", demo.dataset, "--stages", "samples"]
+    cmd += ["--from", demo.bootstrap_from.isoformat(), "--to", last.isoformat()]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-20:]
+        raise SystemExit("history bootstrap failed:\n    " + "\n    ".join(tail))
+    print(
+        f"history: samples {demo.bootstrap_from} .. {last} published in {time.perf_counter() - t0:.0f}s "
+        "(jobs.replay --stages samples; no CoTs)"
+    )
+
+
+# `airflow dags test` starts a run with start_date = its logical date (Airflow's dag.test), so a 1998
+# demo run would "last" 28 years in the UI. Set start_date and queued_at to when it really started,
+# as the scheduler would have; the end date and every task instance's times are already real.
+_REAL_RUN_TIMES = """
+import datetime as dt, sys
+from sqlalchemy import select
+from airflow.models.dagrun import DagRun
+from airflow.utils.session import create_session
+dag_id, logical, started = sys.argv[1], dt.datetime.fromisoformat(sys.argv[2]), dt.datetime.fromisoformat(sys.argv[3])
+with create_session() as session:
+    for run in session.scalars(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.logical_date == logical)):
+        run.start_date = started
+        run.queued_at = started
+"""
+
+
+def _record_real_run_times(env: dict[str, str], day: dt.date, started: dt.datetime) -> None:
+    logical = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+    subprocess.run(
+        [sys.executable, "-c", _REAL_RUN_TIMES, DAG_ID, logical.isoformat(), started.isoformat()],
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+    )
 
 
 def run_demo() -> int:
@@ -126,10 +199,12 @@ def run_demo() -> int:
     env = airflow_env(home, ray_dashboard_url=ray.dashboard_url)
     outcomes: dict[str, str] = {}
     try:
+        _bootstrap_history(settings, demo)
         airflow_cli(["db", "migrate"], env, capture_output=True)
         print(f"Airflow home: {home} (SQLite)")
         for day in days:
             t0 = time.perf_counter()
+            started_at = dt.datetime.now(dt.UTC)
             proc = airflow_cli(
                 ["dags", "test", DAG_ID, day.isoformat(), "-c", json.dumps({"dataset": demo.dataset})],
                 env,
@@ -148,6 +223,7 @@ def run_demo() -> int:
                 .stdout.strip()
                 .splitlines()
             )
+            _record_real_run_times(env, day, started_at)
             # `dags state` prints "<state>" or "<state>, <conf>" on its last line.
             ok = proc.returncode == 0 and bool(state) and state[-1].split(",")[0].strip() == "success"
             outcomes[day.isoformat()] = "success" if ok else "failed"

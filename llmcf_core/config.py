@@ -97,6 +97,9 @@ class DemoConfig(_Strict):
     dataset: str = "ml-100k"
     first_day: dt.date = dt.date(1998, 1, 15)
     days: int = Field(3, ge=1)
+    # The days before first_day get their samples first (jobs.replay --stages samples, no CoTs), so
+    # the demo's recommender trains on months of history; null: no bootstrap.
+    bootstrap_from: dt.date | None = dt.date(1997, 9, 20)
 
 
 class CotConfig(_Strict):
@@ -266,6 +269,9 @@ class RecConfig(_Strict):
     lr: float = Field(0.01, gt=0)
     lr_overrides: dict[str, float] = {"DeepFM": 0.008}
     weight_decay: float = Field(1e-4, ge=0)
+    # Ranking backbones: the share of train rows whose user id is dropped to "unknown" (0), which
+    # trains the embedding that users without train rows (most test users of a time split) get.
+    user_dropout: float = Field(0.1, ge=0, lt=1)
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(2048, ge=1)
     max_epochs: int = Field(20, ge=1)

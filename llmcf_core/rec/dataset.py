@@ -60,7 +60,7 @@ class RecTables:
     dataset: str
     embedder: str
     until: str | None
-    user_ids: np.ndarray  # (U,) raw ids, sorted; index u + 1
+    user_ids: np.ndarray  # (U,) raw ids of the users with train rows, sorted; index u + 1 (0: unknown)
     item_ids: np.ndarray  # (I,) raw ids, sorted; index i + 1
     genres: list[str]  # genre names; index g + 1
     item_text: np.ndarray  # (I + 1, D) float32
@@ -284,7 +284,6 @@ def load_tables(
     history_len = _history_len(settings, dataset, samples)
     sample_id = np.asarray(samples.column("sample_id").to_numpy(zero_copy_only=False)).astype(str)
     user_raw = np.asarray(samples.column("user_id").to_numpy(), dtype=np.int64)
-    user_ids = np.unique(user_raw)
     split_names = np.asarray(samples.column("split").to_numpy(zero_copy_only=False)).astype(str)
     split = np.full(len(split_names), -1, dtype=np.int8)
     for i, name in enumerate(SPLITS):
@@ -293,6 +292,10 @@ def load_tables(
         raise InvalidArgument(f"unknown split values in samples: {sorted(set(split_names) - set(SPLITS))}")
     timestamp = np.asarray(samples.column("timestamp").to_numpy(), dtype=np.int64)
     split, valid_source = _ensure_valid_split(split, timestamp)
+    # The user vocabulary is the users with train rows: a user seen only in valid/test (most test
+    # users of a time split) is the unknown user 0, whose embedding is trained by user-id dropout
+    # (``HParams.user_dropout``), never an untrained row.
+    user_ids = np.unique(user_raw[split == SPLITS.index("train")])
 
     tables = RecTables(
         dataset=dataset,
@@ -321,6 +324,9 @@ def load_tables(
         stats={
             "days": len(days),
             "rows": {s: int((split == i).sum()) for i, s in enumerate(SPLITS)},
+            "rows_of_unknown_users": {
+                s: int(((split == i) & ~np.isin(user_raw, user_ids)).sum()) for i, s in enumerate(SPLITS)
+            },
             "items_without_text": items_without_text,
         },
     )

@@ -1,7 +1,10 @@
 """Experiment: every model x variant x seed on one dataset -> a Markdown table and a PNG plot.
 
 Each run goes through ``train.train`` (so finished versions are reused and interrupted ones
-resume). The report gives the mean and standard deviation over seeds of the test metrics (AUC and
+resume). Every table starts with the counting baselines of its task on the same split and rows
+(``llmcf_core.rec.baselines``: popularity, recent popularity and item transitions for next item;
+item, user and history-label positive rates and their sum for CTR); a model below them is a bug to
+find, and the table says which models do not beat the best one. The report gives the mean and standard deviation over seeds of the test metrics (AUC and
 LogLoss for ranking models, Hit/NDCG@{1,5,10} for next-item models), the relative lift of each
 variant over the same backbone's ``base``, the inputs (data fingerprint, CoT version, pool size,
 share of retrieved examples that have a CoT) and the exact command.
@@ -107,17 +110,35 @@ def run_experiment(
                         "valid_source": m["valid_source"],
                     }
                 )
+    counted = _baselines(settings, dataset, {r["task"] for r in runs}, until, embedder)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs_path = out_dir / f"{dataset}.json"
-    runs_path.write_text(json.dumps(runs, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    runs_path.write_text(
+        json.dumps({"runs": runs, "baselines": counted}, indent=2, sort_keys=True, default=str),
+        encoding="utf-8",
+    )
     summary = _summarise(runs)
     png_path = out_dir / f"{dataset}.png"
     _plot(png_path, dataset, summary)
     md_path = out_dir / f"{dataset}.md"
     md_path.write_text(
-        _markdown(settings, dataset, runs, summary, seeds, png_path.name, command), encoding="utf-8"
+        _markdown(settings, dataset, runs, summary, counted, seeds, png_path.name, command), encoding="utf-8"
     )
     return ExperimentReport(md_path, png_path, runs_path, {"runs": len(runs), "cells": len(summary)})
+
+
+def _baselines(
+    settings: Any, dataset: str, tasks: set[str], until: dt.date | None, embedder: str | None
+) -> dict[str, dict[str, Any]]:
+    """{task: {split: {baseline: metrics}}} on the tables the models of that task train on."""
+    from llmcf_core.rec import baselines
+    from llmcf_core.rec.dataset import load_tables
+
+    out = {}
+    for task in sorted(tasks):
+        tables = load_tables(settings, dataset, until=until, embedder=embedder, task=task, with_icl=False)
+        out[task] = baselines.baselines_for(tables, task)
+    return out
 
 
 def _summarise(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -139,6 +160,7 @@ def _markdown(
     dataset: str,
     runs: list[dict[str, Any]],
     summary: dict[tuple[str, str], dict[str, Any]],
+    counted: dict[str, dict[str, Any]],
     seeds: int,
     png_name: str,
     command: list[str] | None,
@@ -177,6 +199,14 @@ def _markdown(
         ]
         lines += [f"## {'Ranking (CTR)' if task == 'ranking' else 'Next item (full ranking)'}", ""]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        test_base = (counted.get(task) or {}).get("test") or {}
+        valid_base = (counted.get(task) or {}).get("valid") or {}
+        primary = "auc" if task == "ranking" else "ndcg@10"
+        for name, result in test_base.items():
+            row = ["counting baseline", name, *(_fmt(result.get(c, float("nan")), 0.0) for c in cols)]
+            row += ["–"] * len(lift_cols)
+            row += [_fmt(valid_base.get(name, {}).get(primary, float("nan")), 0.0), "–"]
+            lines.append("| " + " | ".join(row).replace(" ± 0.0000", "") + " |")
         for (model, variant), cell in cells.items():
             base = summary.get((model, "base"))
             lifts = []
@@ -197,6 +227,24 @@ def _markdown(
             ]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+        best = max(
+            (
+                (name, r.get(primary, float("nan")))
+                for name, r in test_base.items()
+                if name != "popularity" or task != "ranking"
+            ),
+            key=lambda nv: -math.inf if math.isnan(nv[1]) else nv[1],
+            default=None,
+        )
+        if best is not None:
+            losers = [f"{m}/{v}" for (m, v), cell in cells.items() if not cell["test"][primary][0] > best[1]]
+            verdict = (
+                f"**Below the best counting baseline ({best[0]}, test {primary} {best[1]:.4f}): "
+                f"{', '.join(losers)}.**"
+                if losers
+                else f"Every model beats the best counting baseline ({best[0]}, test {primary} {best[1]:.4f})."
+            )
+            lines += [verdict, ""]
     lines += [f"![lift over base by model and variant]({png_name})", ""]
     lines += ["Runs (model folders under `$LLMCF_HOME/models/rec/<model>-<variant>/<version>/`):", ""]
     lines += [f"- {r['model']}-{r['variant']} seed {r['seed']}: `{r['version']}`" for r in runs]

@@ -80,6 +80,7 @@ class HParams:
     n_negatives: int = 128
     lr: float = 0.01
     weight_decay: float = 1e-4
+    user_dropout: float = 0.0  # share of train rows whose user id is replaced by unknown (0)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -109,4 +110,5 @@ class HParams:
             n_negatives=rec.n_negatives,
             lr=rec.lr_overrides.get(model, rec.lr),
             weight_decay=rec.weight_decay,
+            user_dropout=rec.user_dropout,
         )

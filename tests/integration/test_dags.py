@@ -3,6 +3,7 @@ stage through Airflow (`airflow dags test`, SQLite) against a local Ray head."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import textwrap
 
 import pytest
 
+from llmcf_airflow import demo
 from llmcf_airflow.local_env import airflow_cli, airflow_env
 
 pytestmark = pytest.mark.airflow
@@ -69,6 +71,7 @@ def test_dag_run_ingests_a_partition_through_ray(af_env, ray_head, llmcf_home):
 
     env = {**af_env, "RAY_ADDRESS": ray_head.dashboard_url}
     airflow_cli(["db", "migrate"], env, capture_output=True)
+    started = dt.datetime.now(dt.UTC)
     proc = airflow_cli(
         ["dags", "test", "llmcf_refresh", "1998-01-15"], env, check=False, capture_output=True, text=True
     )
@@ -83,6 +86,23 @@ def test_dag_run_ingests_a_partition_through_ray(af_env, ray_head, llmcf_home):
     assert storage.read_manifest(folder)["rows"] == 298
     # The Ray job's own output reached the Airflow task log.
     assert "LLMCF_RESULT" in proc.stdout + proc.stderr
+
+    # `dags test` starts its run at the logical date (a 1998 run "lasts" decades in the UI); the demo
+    # sets the real start, as the scheduler would have, so the UI shows minutes.
+    def run_times() -> tuple[dt.datetime, dt.datetime]:
+        out = airflow_cli(
+            ["dags", "list-runs", "llmcf_refresh", "-o", "json"], env, capture_output=True, text=True
+        ).stdout
+        (run,) = json.loads(out[out.index("[") :])
+        return dt.datetime.fromisoformat(run["start_date"]), dt.datetime.fromisoformat(run["end_date"])
+
+    start, end = run_times()
+    assert start.year == 1998  # what Airflow's dag.test records
+    demo._record_real_run_times(env, dt.date(1998, 1, 15), started)
+    start, end = run_times()
+    assert abs((start - started).total_seconds()) < 1 and dt.timedelta(0) < end - start < dt.timedelta(
+        minutes=30
+    )
 
 
 def test_qdrant_admin_dag_reports_status(af_env, llmcf_home):

@@ -1,5 +1,6 @@
-"""`make airflow-ui` stops everything it started when a supervisor or a closed terminal ends it: SIGTERM
-to make reaches the demo, which stops Airflow standalone (its whole process group) and the Ray head."""
+"""`make airflow-ui` and `make demo` stop everything they started when a supervisor or a closed terminal
+ends them: SIGTERM to make reaches the demo, which stops Airflow standalone (its whole process group),
+the job it is running, and the Ray head."""
 
 from __future__ import annotations
 
@@ -28,10 +29,19 @@ def _tree(pid: int) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
-def test_sigterm_to_make_airflow_ui_leaves_no_airflow_or_ray_process(tmp_path):
-    ray = load_config().ray
-    ui_port = 18080
-    ports = {"Ray GCS": ray.local_gcs_port, "Ray dashboard": ray.local_dashboard_port, "Airflow UI": ui_port}
+def _names(pids: list[psutil.Process]) -> str:
+    out = []
+    for p in pids:
+        try:
+            out.append(" ".join(p.cmdline()))
+        except psutil.Error:
+            continue
+    return " ".join(out)
+
+
+def _sigterm_leaves_nothing(tmp_path, target: str, ready, ports: dict[str, int]) -> None:
+    """Start `make <target>`, wait until ``ready(names of its process tree)``, SIGTERM make, then
+    check that no process of its tree, no port and no process naming the test's folders is left."""
     busy = [f"{name} {port}" for name, port in ports.items() if _listening(port)]
     if busy:
         pytest.skip(f"ports in use by another demo or head: {', '.join(busy)}")
@@ -39,20 +49,21 @@ def test_sigterm_to_make_airflow_ui_leaves_no_airflow_or_ray_process(tmp_path):
         **os.environ,
         "AIRFLOW_HOME": str(tmp_path / "airflow"),
         "LLMCF_HOME": str(tmp_path / "home"),
-        "LLMCF_AIRFLOW_PORT": str(ui_port),
+        "LLMCF_AIRFLOW_PORT": str(ports.get("Airflow UI", 18080)),
     }
     env.pop("RAY_ADDRESS", None)
     log = open(tmp_path / "make.log", "wb")  # noqa: SIM115
-    make = subprocess.Popen(["make", "-s", "airflow-ui"], cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
+    make = subprocess.Popen(["make", "-s", target], cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 240
-        while not (_listening(ui_port) and _listening(ray.local_dashboard_port)):
+        while True:
             assert make.poll() is None, (tmp_path / "make.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the UI did not come up in 240 s"
+            assert time.monotonic() < deadline, f"make {target} was not ready in 240 s"
+            started = _tree(make.pid)
+            if ready(_names(started)):
+                break
             time.sleep(1)
         started = _tree(make.pid)
-        names = " ".join(" ".join(p.cmdline()) for p in started)
-        assert "standalone" in names, names
         make.send_signal(signal.SIGTERM)
         make.wait(timeout=90)
         time.sleep(2)
@@ -69,3 +80,25 @@ def test_sigterm_to_make_airflow_ui_leaves_no_airflow_or_ray_process(tmp_path):
         if make.poll() is None:
             make.kill()
         log.close()
+
+
+def test_sigterm_to_make_airflow_ui_leaves_no_airflow_or_ray_process(tmp_path):
+    ray = load_config().ray
+    ui_port = 18080
+    ports = {"Ray GCS": ray.local_gcs_port, "Ray dashboard": ray.local_dashboard_port, "Airflow UI": ui_port}
+
+    def ready(names: str) -> bool:
+        return _listening(ui_port) and _listening(ray.local_dashboard_port) and "standalone" in names
+
+    _sigterm_leaves_nothing(tmp_path, "airflow-ui", ready, ports)
+
+
+def test_sigterm_to_make_demo_stops_its_job_and_ray(tmp_path):
+    """SIGTERM while the demo runs its first job (the history bootstrap, `jobs.replay`)."""
+    ray = load_config().ray
+    ports = {"Ray GCS": ray.local_gcs_port, "Ray dashboard": ray.local_dashboard_port}
+
+    def ready(names: str) -> bool:
+        return "jobs.replay" in names and _listening(ray.local_dashboard_port)
+
+    _sigterm_leaves_nothing(tmp_path, "demo", ready, ports)

@@ -36,13 +36,22 @@ def test_experiment_writes_table_plot_and_runs(llmcf_home, tmp_path, capsys):
     assert "![lift over base by model and variant](synth.png)" in md
     png = (out / "synth.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 500
-    runs = json.loads((out / "synth.json").read_text())
+    # The counting baselines of both tasks, on the same split, are rows of their tables.
+    for name in ("item_plus_history", "item_rate", "user_rate", "history_rate", "popularity"):
+        assert f"| counting baseline | {name} |" in md
+    for name in ("recent_popularity", "item_transitions"):
+        assert f"| counting baseline | {name} |" in md
+    assert "the best counting baseline" in md
+    report = json.loads((out / "synth.json").read_text())
+    assert set(report["baselines"]) == {"ranking", "sequential"}
+    assert "item_transitions" in report["baselines"]["sequential"]["test"]
+    runs = report["runs"]
     assert {(r["model"], r["variant"], r["seed"]) for r in runs} == {
         (m, v, s) for m in ("DIN", "SASRec") for v in ("base", "llmcf") for s in (0, 1)
     }
 
     assert experiment.main(argv) == 0  # every run exists: reused, same versions
-    again = json.loads((out / "synth.json").read_text())
+    again = json.loads((out / "synth.json").read_text())["runs"]
     assert [r["version"] for r in again] == [r["version"] for r in runs]
 
 

@@ -120,7 +120,10 @@ class RankingModel(RecModel):
         return self.ict.example_tokens(ex_feat, batch.get("nb_cot"), batch["nb_label"])
 
     def logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.fields(batch["user"], batch["item"], batch["hist"], batch.get("hist_fb"))
+        user = batch["user"]
+        if self.training and self.hp.user_dropout > 0:  # train the unknown user's embedding (index 0)
+            user = user.masked_fill(torch.rand(user.shape, device=user.device) < self.hp.user_dropout, 0)
+        f = self.fields(user, batch["item"], batch["hist"], batch.get("hist_fb"))
         if self.ict is None:
             return self.score(f, None), f.stack.new_zeros(())
         ict_out, recon = self._in_context(batch, f.flat)  # (B, C), ()
