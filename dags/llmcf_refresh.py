@@ -140,15 +140,17 @@ with DAG(
         "partition": Param(
             None,
             type=["null", "string"],  # empty is valid in the trigger form and means "logical date"
-            pattern=r"^(\d{4}-\d{2}-\d{2})?$",
+            # A calendar-shaped day (month 01-12, day 01-31): "2024-13-45" is refused at trigger time.
+            pattern=r"^(\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01]))?$",
             title="Partition (UTC day)",
-            description="YYYY-MM-DD. Empty: the run's logical date (scheduled and backfill runs). "
-            "For a range of days use Trigger -> Backfill.",
+            description="YYYY-MM-DD. Empty: the run's logical date (here: the Logical Date above; "
+            "scheduled and backfill runs: the day they cover). For a range of days use Trigger -> Backfill.",
         ),
         "stages": Param(
             list(STAGES),
             type="array",
             items={"type": "string", "enum": STAGES},
+            examples=list(STAGES),  # the trigger form offers a multi-select of these, not free text
             uniqueItems=True,
             title="Stages to run",
             description="Stages not listed are skipped (their outputs must already exist).",
@@ -174,6 +176,8 @@ with DAG(
             type="string",
             enum=["DIN", "DeepFM", "DCN", "DCNv2", "AutoInt", "xDeepFM"],
             title="Recommender backbone",
+            description="Model the recommender stage trains (every `retrain_every_days`, or when "
+            "forced) and publishes if its validation AUC is not worse than the current model's.",
         ),
         "force": force_param(),
     },
