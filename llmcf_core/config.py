@@ -265,7 +265,10 @@ class RecConfig(_Strict):
     alpha_ranking: float = Field(1.0, ge=0)
     alpha_sequential: float = Field(1.0, ge=0)  # METHOD.md gives no value for this task
     seq_fusion_weight: float = 0.1
-    n_negatives: int = Field(128, ge=1)
+    n_negatives: int = Field(128, ge=1)  # seq_loss "sampled" only
+    # Next-item loss: "full" = cross-entropy over every item (ML catalogues are a few thousand
+    # items), "sampled" = the paper's sampled softmax with n_negatives uniform negatives.
+    seq_loss: Literal["full", "sampled"] = "full"
     lr: float = Field(0.01, gt=0)
     lr_overrides: dict[str, float] = {"DeepFM": 0.008}
     weight_decay: float = Field(1e-4, ge=0)

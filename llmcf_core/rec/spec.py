@@ -81,6 +81,7 @@ class HParams:
     lr: float = 0.01
     weight_decay: float = 1e-4
     user_dropout: float = 0.0  # share of train rows whose user id is replaced by unknown (0)
+    seq_loss: str = "sampled"  # next item: "full" softmax over the catalogue or "sampled" (n_negatives)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -111,4 +112,5 @@ class HParams:
             lr=rec.lr_overrides.get(model, rec.lr),
             weight_decay=rec.weight_decay,
             user_dropout=rec.user_dropout,
+            seq_loss=rec.seq_loss,
         )

@@ -106,3 +106,18 @@ def test_precomputed_example_tokens_give_the_same_scores(tables_by_task):
             direct = model.predict(batch)
             batch["nb_tokens"] = model.example_tokens(batch)
             torch.testing.assert_close(model.predict(batch), direct)
+
+
+def test_full_softmax_loss_is_cross_entropy_over_the_whole_catalogue(tables_by_task):
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    tables = tables_by_task["sequential"]
+    torch.manual_seed(0)
+    model = build_model("SASRec", tables.spec(), dataclasses.replace(HP, seq_loss="full"), "base").eval()
+    batch = tables.batch(tables.rows("train")[:16])
+    with torch.no_grad():
+        loss = model.calculate_loss(batch).task
+        want = F.cross_entropy(model.full_sort_predict(batch), batch["item"] - 1)
+    torch.testing.assert_close(loss, want)

@@ -144,7 +144,8 @@ def with_ict(x: torch.Tensor, ict_out: torch.Tensor | None) -> torch.Tensor:
 
 
 class SequentialModel(RecModel):
-    """Next-item backbones: sampled softmax over the target and ``n_negatives`` uniform items."""
+    """Next-item backbones: softmax over the whole catalogue (``seq_loss: full``), or sampled softmax
+    over the target and ``n_negatives`` uniform items (``sampled``, the paper's)."""
 
     task = "sequential"
 
@@ -189,6 +190,11 @@ class SequentialModel(RecModel):
     def forward(self, batch: Batch) -> LossTerms:
         u, recon = self.user_vector(batch)  # (B, H)
         target = batch["item"]  # (B,)
+        if self.hp.seq_loss == "full":  # cross-entropy over the whole catalogue (small catalogues)
+            task = F.cross_entropy(
+                u @ self.item_emb.weight[1:].T, target - 1
+            )  # (B, n_items), column = index - 1
+            return LossTerms(task + self.hp.alpha_sequential * recon, task, recon)
         neg = torch.randint(1, self.n_items + 1, (self.hp.n_negatives,), device=u.device)  # (N,)
         pos_logit = (u * self.item_emb(target)).sum(-1, keepdim=True)  # (B, 1)
         neg_logit = u @ self.item_emb(neg).T  # (B, N)
