@@ -10,10 +10,12 @@ it in the Ray dashboard) followed by a **check** task that gates what the job pu
 | `cot` | `python -m jobs.generate_cot` | `<dataset>/cot/dt=YYYY-MM-DD/<model>__<prompt>/` |
 | `embed` | `python -m jobs.embed_upsert` | `<dataset>/embeddings/<embedder>/pool/dt=.../` + Qdrant |
 | `neighbors` | `python -m jobs.retrieve` | `<dataset>/neighbors/dt=YYYY-MM-DD/` |
-| `recommender` | `python -m jobs.train_rec` (every `retrain_every_days`) | `models/rec/<model>-<variant>/<version>/` |
+| `recommender` | `python -m jobs.train_rec` for `llmcf` and its `base` control (every `retrain_every_days`) | `models/rec/<model>-<variant>/<version>/` |
 
-The recommender is published only if its validation AUC is not worse than the current model's
-beyond `rec.publish_tolerance` (the `evaluate` task reports the decision).
+The recommender is published only if its validation AUC beats the counting baseline of its task
+(item positive rate + history-label rate) on the same rows, first publication included, and is
+not worse than the current model's beyond `rec.publish_tolerance` (the `evaluate` task returns the
+decision, with the baseline, as its XCom).
 
 **Partition**: scheduled and backfill runs process their logical date (= the start of their
 data interval). Manual runs take the `partition` param, else the logical date picked in the
@@ -177,7 +179,8 @@ with DAG(
             enum=["DIN", "DeepFM", "DCN", "DCNv2", "AutoInt", "xDeepFM"],
             title="Recommender backbone",
             description="Model the recommender stage trains (every `retrain_every_days`, or when "
-            "forced) and publishes if its validation AUC is not worse than the current model's.",
+            "forced) and publishes if its validation AUC beats the counting baseline and is not worse "
+            "than the current model's.",
         ),
         "force": force_param(),
     },
@@ -299,27 +302,48 @@ with DAG(
             "recommender",
             "train_rec",
             ["--model", "{{ params.rec_model }}", "--variant", AF.rec_variant, "--warm-start"],
-            "Ray job `python -m jobs.train_rec`: Ray Train (DDP) on samples + neighbours + CoT embeddings "
-            "up to this day, warm-started from the published model; early stopping on validation AUC.",
+            f"Ray job `python -m jobs.train_rec --variant {AF.rec_variant}`: Ray Train (DDP) on samples + "
+            "neighbours + CoT embeddings up to this day, warm-started from the published model; early "
+            "stopping on validation AUC.",
         )
         train_rec.trigger_rule = "all_success"
+        variants = [AF.rec_variant]
+        if AF.rec_control_variant:
+            train_control = _ray_job(
+                "train_control",
+                "recommender",
+                "train_rec",
+                ["--model", "{{ params.rec_model }}", "--variant", AF.rec_control_variant, "--warm-start"],
+                f"Ray job `python -m jobs.train_rec --variant {AF.rec_control_variant}`: the control, the "
+                "same backbone on the same data without in-context examples.",
+            )
+            train_control.trigger_rule = "all_success"
+            variants.append(AF.rec_control_variant)
 
         @task(outlets=[rec_asset], retries=0)
         def evaluate(partition: str) -> dict:
-            """Publish gate: publish only if validation AUC is not worse than the current model's."""
+            """Publish gate, per trained variant: publish only if validation AUC beats the counting
+            baseline and is not worse than the current model's. Returns each decision."""
             from llmcf_core.rec.registry import publish_partition
 
             params = get_current_context()["params"]
-            decision = _gate(
-                publish_partition,
-                SETTINGS.home,
-                params["dataset"],
-                params["rec_model"],
-                AF.rec_variant,
-                partition,
-                tolerance=SETTINGS.rec.publish_tolerance,
-            )
-            return decision.to_dict()
+            return {
+                variant: _gate(
+                    publish_partition,
+                    SETTINGS.home,
+                    params["dataset"],
+                    params["rec_model"],
+                    variant,
+                    partition,
+                    tolerance=SETTINGS.rec.publish_tolerance,
+                ).to_dict()
+                for variant in variants
+            }
 
         due = due_for_retrain(part)
-        neighbors_checked >> due >> train_rec >> evaluate(part)
+        # One Ray Train run at a time (each takes the workers of a small cluster): control first.
+        first = train_control if AF.rec_control_variant else train_rec
+        neighbors_checked >> due >> first
+        if AF.rec_control_variant:
+            train_control >> train_rec
+        train_rec >> evaluate(part)

@@ -134,6 +134,21 @@ def _report_recommenders(settings, dataset: str) -> None:
             f"({data.get('valid_source', '')}), {verdict}; trained on {data.get('data', {}).get('rows')} rows, "
             f"{data.get('epochs', '?')} epochs"
         )
+    # The LLM-CF variant against its control, trained on the same data and validated on the same rows.
+    by_run: dict[tuple[str, str], dict[str, float]] = {}
+    for metrics_file in sorted(root.glob("*/*/metrics.json")) if root.is_dir() else []:
+        data = json.loads(metrics_file.read_text())
+        if data.get("dataset") == dataset and data.get("primary_metric"):
+            key = (data.get("model", ""), str(data.get("until")))
+            by_run.setdefault(key, {})[data.get("variant", "")] = data["valid"][data["primary_metric"]]
+    for (model, until), values in sorted(by_run.items()):
+        if "base" in values and len(values) > 1:
+            for variant, value in sorted(values.items()):
+                if variant != "base":
+                    print(
+                        f"lift on validation ({model}, data up to {until}): {variant} - base = "
+                        f"{value - values['base']:+.4f}"
+                    )
     for pointer in sorted(root.glob(f"*/latest-{dataset}")) if root.is_dir() else []:
         info = json.loads(pointer.read_text())
         print(f"recommender published: {pointer.parent.name} {info.get('version')}")

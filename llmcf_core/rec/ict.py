@@ -244,6 +244,11 @@ class InContextModule(nn.Module):
             w = valid.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
             out = (x * w).sum(1) / w.sum(1)  # (B, C)
 
+        # No retrieved example, no in-context information: the output is zero, so such a sample is
+        # scored by the backbone alone (e.g. days before the in-context pool existed) instead of
+        # through a second, example-free path that only adds capacity.
+        out = out * ex_mask.any(dim=1, keepdim=True).to(out.dtype)  # (B, C)
+
         recon = None
         if reconstruct:
             feat_states = h[:, 0 : K * P : P]  # (B, K, C): positions 0, 3, 6, 9

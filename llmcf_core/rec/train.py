@@ -385,7 +385,7 @@ def train(
         batch_size=rec.batch_size,
         eval_batch_size=rec.eval_batch_size,
         max_epochs=max_epochs or rec.max_epochs,
-        patience=rec.patience,
+        patience=rec.patience_overrides.get(model, rec.patience),
         threads=max(1, int(rec.cpus_per_worker)),  # more threads than CPUs thrash on a shared host
     )
     home = settings.home

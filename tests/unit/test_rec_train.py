@@ -162,7 +162,9 @@ def test_vocab_roundtrip_and_unknown_ids(rec_settings):
     loaded = load_version(result.path)
     assert loaded.user_index(np.array([1, 999])).tolist() == [1, 0]  # unknown user -> 0
     assert loaded.item_index(np.array([15, 16])).tolist() == [15, 0]
-    assert loaded.meta["hparams"]["lr"] == pytest.approx(0.008)  # DeepFM's own learning rate
+    assert loaded.meta["hparams"]["lr"] == pytest.approx(rec_settings.rec.lr)
+    seq = train(rec_settings, "synth", "SASRec", "base", workers=0, max_epochs=1)
+    assert load_version(seq.path).meta["hparams"]["lr"] == pytest.approx(1e-3)  # SASRec's own (lr_overrides)
 
 
 def test_publish_partition_finds_the_version_the_job_wrote(rec_settings):
