@@ -297,27 +297,30 @@ with DAG(
             age = (parse_partition(partition) - AF.start_date).days
             return bool(params.get("force")) or age % AF.retrain_every_days == 0
 
-        train_rec = _ray_job(
-            "train_rec",
-            "recommender",
-            "train_rec",
-            ["--model", "{{ params.rec_model }}", "--variant", AF.rec_variant, "--warm-start"],
-            f"Ray job `python -m jobs.train_rec --variant {AF.rec_variant}`: Ray Train (DDP) on samples + "
-            "neighbours + CoT embeddings up to this day, warm-started from the published model; early "
-            "stopping on validation AUC.",
-        )
-        train_rec.trigger_rule = "all_success"
-        variants = [AF.rec_variant]
-        if AF.rec_control_variant:
-            train_control = _ray_job(
-                "train_control",
+        def _train(task_id: str, variant: str, doc: str) -> RayJobOperator:
+            job = _ray_job(
+                task_id,
                 "recommender",
                 "train_rec",
-                ["--model", "{{ params.rec_model }}", "--variant", AF.rec_control_variant, "--warm-start"],
-                f"Ray job `python -m jobs.train_rec --variant {AF.rec_control_variant}`: the control, the "
-                "same backbone on the same data without in-context examples.",
+                ["--model", "{{ params.rec_model }}", "--variant", variant, "--warm-start"],
+                f"Ray job `python -m jobs.train_rec --variant {variant}`: {doc}",
             )
-            train_control.trigger_rule = "all_success"
+            job.trigger_rule = "all_success"
+            return job
+
+        train_rec = _train(
+            "train_rec",
+            AF.rec_variant,
+            "Ray Train (DDP) on samples + neighbours + CoT embeddings up to this day, warm-started from "
+            "the published model; early stopping on validation AUC.",
+        )
+        variants = [AF.rec_variant]
+        if AF.rec_control_variant:
+            train_control = _train(
+                "train_control",
+                AF.rec_control_variant,
+                "the control, the same backbone on the same data without in-context examples.",
+            )
             variants.append(AF.rec_control_variant)
 
         @task(outlets=[rec_asset], retries=0)
