@@ -5,7 +5,7 @@ vLLM venv's Python, and the engine runs in a Ray Data LLM actor on a CPU-only pl
 SmolLM2-135M-Instruct (tiny-llama's head size of 16 has no vLLM CPU attention kernel). Covered: one
 partition end to end with the transformers backend's schema, the injection case, an incremental rerun
 that starts no engine, the in-process engine (``SamplingParams(n=3)`` in one request) killed and
-resumed without redoing a committed block and ending with exactly the Ray Data path's texts, and a
+resumed without redoing a committed block, and a
 dead engine failing the job after a bounded number of restarts instead of hanging.
 """
 
@@ -100,8 +100,10 @@ def test_partition_end_to_end_rerun_in_process_kill_and_resume(llmcf_home, ray_h
 
     # 3. The in-process engine (below ray_min_prompts: one SamplingParams(n=3) request per prompt, which
     #    vLLM fans out into the seeded child requests the Ray path sent itself), on a fresh data root,
-    #    killed after its first committed block; the resume redoes no block and, per-request seeds,
-    #    ends with exactly the Ray path's texts.
+    #    killed after its first committed block; the resume redoes no block and publishes the same
+    #    samples in the same schema. Not the same texts: vLLM's CPU kernels are not batch-invariant, so
+    #    a seeded request can sample differently when batched with other requests (seen in CI: half
+    #    the texts of the two paths differed under load).
     other = tmp_path / "in-process-home"
     other.mkdir()
     paths2 = publish_inputs(other)
@@ -120,7 +122,8 @@ def test_partition_end_to_end_rerun_in_process_kill_and_resume(llmcf_home, ray_h
     assert result["generated"] == N_SAMPLES - BLOCK
     resumed = storage.read_partition(final2).to_pandas().set_index("sample_id")
     pd.testing.assert_frame_equal(resumed.loc[first.index], first)  # nothing lost, nothing redone
-    pd.testing.assert_frame_equal(resumed.sort_index(), table.set_index("sample_id").sort_index())
+    assert sorted(resumed.index) == sorted(table["sample_id"]) and resumed["cot_text"].str.len().gt(0).all()
+    assert storage.read_partition(final2).schema.equals(storage.read_partition(final).schema)
     assert not blocks.exists() and not blocks2.exists()
 
 

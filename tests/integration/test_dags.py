@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -90,11 +91,22 @@ def test_dag_run_ingests_a_partition_through_ray(af_env, ray_head, llmcf_home):
     # `dags test` starts its run at the logical date (a 1998 run "lasts" decades in the UI); the demo
     # sets the real start, as the scheduler would have, so the UI shows minutes.
     def run_times() -> tuple[dt.datetime, dt.datetime]:
-        out = airflow_cli(
-            ["dags", "list-runs", "llmcf_refresh", "-o", "json"], env, capture_output=True, text=True
+        code = (
+            "from sqlalchemy import select; from airflow.models.dagrun import DagRun; "
+            "from airflow.utils.session import create_session\n"
+            "with create_session() as s:\n"
+            "    (r,) = s.scalars(select(DagRun).where(DagRun.dag_id == 'llmcf_refresh')).all()\n"
+            "    print('RUN_TIMES', r.start_date.isoformat(), r.end_date.isoformat())"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
-        (run,) = json.loads(out[out.index("[") :])
-        return dt.datetime.fromisoformat(run["start_date"]), dt.datetime.fromisoformat(run["end_date"])
+        start, end = next(line for line in out.splitlines() if line.startswith("RUN_TIMES")).split()[1:]
+        return dt.datetime.fromisoformat(start), dt.datetime.fromisoformat(end)
 
     start, end = run_times()
     assert start.year == 1998  # what Airflow's dag.test records
