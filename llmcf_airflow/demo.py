@@ -113,6 +113,8 @@ def _report_recommenders(settings, dataset: str) -> None:
     from llmcf_core.rec import registry
 
     root = registry.rec_root(settings.home)
+    # The LLM-CF variant against its control, trained on the same data and validated on the same rows.
+    by_run: dict[tuple[str, str], dict[str, float]] = {}
     for metrics_file in sorted(root.glob("*/*/metrics.json")) if root.is_dir() else []:
         data = json.loads(metrics_file.read_text())
         if data.get("dataset") != dataset:
@@ -120,6 +122,9 @@ def _report_recommenders(settings, dataset: str) -> None:
         model_variant, version = metrics_file.parent.parent.name, metrics_file.parent.name
         metric = data.get("primary_metric", "auc")
         value = (data.get("valid") or {}).get(metric, float("nan"))
+        by_run.setdefault((data.get("model", ""), str(data.get("until"))), {})[data.get("variant", "")] = (
+            value
+        )
         floor = data.get("baseline_floor") or {}
         base = floor.get("valid")
         verdict = (
@@ -134,13 +139,6 @@ def _report_recommenders(settings, dataset: str) -> None:
             f"({data.get('valid_source', '')}), {verdict}; trained on {data.get('data', {}).get('rows')} rows, "
             f"{data.get('epochs', '?')} epochs"
         )
-    # The LLM-CF variant against its control, trained on the same data and validated on the same rows.
-    by_run: dict[tuple[str, str], dict[str, float]] = {}
-    for metrics_file in sorted(root.glob("*/*/metrics.json")) if root.is_dir() else []:
-        data = json.loads(metrics_file.read_text())
-        if data.get("dataset") == dataset and data.get("primary_metric"):
-            key = (data.get("model", ""), str(data.get("until")))
-            by_run.setdefault(key, {})[data.get("variant", "")] = data["valid"][data["primary_metric"]]
     for (model, until), values in sorted(by_run.items()):
         if "base" in values and len(values) > 1:
             for variant, value in sorted(values.items()):
