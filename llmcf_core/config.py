@@ -30,9 +30,10 @@ class DatasetConfig(_Strict):
     """One dataset: where its raw data comes from and how it is split and checked."""
 
     source: Literal["movielens-100k", "movielens-1m", "custom"]
-    # For source=custom: paths to the user's logs (Parquet or CSV).
+    # For source=custom: paths to the user's logs (Parquet or CSV); users is optional.
     interactions: str | None = None
     items: str | None = None
+    users: str | None = None
     # Split by the sample's UTC day: train < valid_start <= valid < test_start <= test.
     valid_start: dt.date | None = None
     test_start: dt.date | None = None
@@ -45,6 +46,8 @@ class DatasetConfig(_Strict):
     def _check(self) -> DatasetConfig:
         if self.source == "custom" and not (self.interactions and self.items):
             raise ValueError("a custom dataset needs both 'interactions' and 'items' paths")
+        if self.users and self.source != "custom":
+            raise ValueError("'users' is for source=custom only (MovieLens ships its users file)")
         if self.valid_start and self.test_start and self.valid_start > self.test_start:
             raise ValueError("valid_start must not be after test_start")
         return self
@@ -276,7 +279,7 @@ class RecConfig(_Strict):
     # Chosen on ML-100K validation AUC / NDCG@10 (docs/recommender.md "Tuning"); the paper's 0.01
     # overfits the ranking backbones within one epoch here.
     lr: float = Field(3e-4, gt=0)
-    lr_overrides: dict[str, float] = {"SASRec": 1e-3, "GRU4Rec": 1e-3}
+    lr_overrides: dict[str, float] = {"SASRec": 1e-3, "GRU4Rec": 1e-3, "SRGNN": 1e-3, "YoutubeDNN": 1e-3}
     weight_decay: float = Field(1e-4, ge=0)
     # Ranking backbones: the share of train rows whose user id is dropped to "unknown" (0), which
     # trains the embedding that users without train rows (most test users of a time split) get.
@@ -285,7 +288,12 @@ class RecConfig(_Strict):
     eval_batch_size: int = Field(2048, ge=1)
     max_epochs: int = Field(20, ge=1)
     patience: int = Field(3, ge=1)
-    patience_overrides: dict[str, int] = {"SASRec": 5, "GRU4Rec": 5}  # slower, steadier next-item curves
+    patience_overrides: dict[str, int] = {
+        "SASRec": 5,
+        "GRU4Rec": 5,
+        "SRGNN": 5,
+        "YoutubeDNN": 5,
+    }  # slower, steadier next-item curves
     num_workers: int = Field(2, ge=0)  # Ray Train workers; 0 runs the loop in-process
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False

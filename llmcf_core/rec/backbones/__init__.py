@@ -17,11 +17,14 @@ from llmcf_core.rec.backbones.deepfm import DeepFM
 from llmcf_core.rec.backbones.din import DIN
 from llmcf_core.rec.backbones.gru4rec import GRU4Rec
 from llmcf_core.rec.backbones.sasrec import SASRec
+from llmcf_core.rec.backbones.srgnn import SRGNN
 from llmcf_core.rec.backbones.xdeepfm import xDeepFM
+from llmcf_core.rec.backbones.youtubednn import YoutubeDNN
 from llmcf_core.rec.spec import DataSpec, HParams
 
 MODELS: dict[str, type[RecModel]] = {
-    cls.__name__: cls for cls in (DIN, DeepFM, DCNv2, AutoInt, xDeepFM, DCN, SASRec, GRU4Rec)
+    cls.__name__: cls
+    for cls in (DIN, DeepFM, DCNv2, AutoInt, xDeepFM, DCN, SASRec, GRU4Rec, SRGNN, YoutubeDNN)
 }
 
 __all__ = [
