@@ -2,7 +2,7 @@
 
     python -m jobs.ingest --dataset ml-100k --partition 1998-01-15
     python -m jobs.ingest --dataset mylogs --partition 2024-05-01 \
-        --interactions logs.parquet --items items.csv
+        --interactions logs.parquet --items items.csv [--users users.csv]
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ def main(argv: list[str] | None = None) -> int:
         "--interactions", help="your interactions (Parquet/CSV: user_id,item_id,rating,timestamp)"
     )
     parser.add_argument("--items", help="your items (Parquet/CSV: item_id,title,genres)")
+    parser.add_argument(
+        "--users",
+        help="optional, with --interactions/--items: your users (Parquet/CSV: user_id"
+        " and any of age, age_group, gender, occupation)",
+    )
     parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
     args = parser.parse_args(argv)
 
@@ -32,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         day = parse_partition(args.partition)
         dataset = check_dataset_name(args.dataset)
         result = ingest_partition(
-            load_config(args.profile), dataset, day, interactions=args.interactions, items=args.items
+            load_config(args.profile),
+            dataset,
+            day,
+            interactions=args.interactions,
+            items=args.items,
+            users=args.users,
         )
         return result.to_dict()
 

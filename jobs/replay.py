@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", dest="end", required=True, help="last UTC day, YYYY-MM-DD (inclusive)")
     parser.add_argument("--interactions", help="your interaction logs, as for jobs.ingest")
     parser.add_argument("--items", help="your items table, as for jobs.ingest")
+    parser.add_argument("--users", help="your users table (optional), as for jobs.ingest")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"subset of {','.join(STAGES)}")
     parser.add_argument(
         "--tasks", default="ctr", help="neighbour tasks: ctr (ranking), next_item (SASRec...)"
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 day,
                 stages,
                 tasks,
-                {"interactions": args.interactions, "items": args.items},
+                {"interactions": args.interactions, "items": args.items, "users": args.users},
             )
             for key, value in info.items():
                 if key.endswith("_s"):

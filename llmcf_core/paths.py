@@ -81,6 +81,11 @@ class DataPaths:
         return self.artifact("items")
 
     @property
+    def users(self) -> Path:
+        """The users dimension table; published only for datasets that bring user attributes."""
+        return self.artifact("users")
+
+    @property
     def staging(self) -> Path:
         """Per-dataset caches derived from raw inputs (safe to delete)."""
         return self.artifact("_staging")

@@ -1,8 +1,14 @@
-"""Ingest one day partition: raw logs -> checked items and samples, published atomically.
+"""Ingest one day partition: raw logs -> checked items, users and samples, published atomically.
 
-Order of work: load -> check items -> check the partition's raw interactions -> build samples ->
-check samples -> publish items and samples. Any failed check quarantines the failing rows under
+Order of work: load -> check items -> check users (if the source has a users file) -> check the
+partition's raw interactions -> build samples -> check samples -> publish items, users and
+samples. Any failed check quarantines the failing rows under
 ``<dataset>/quarantine/<artifact>/dt=.../`` and publishes nothing.
+
+The users table (``DataPaths.users``) exists only for datasets with user attributes: MovieLens
+ships them; a custom dataset brings them with ``--users`` (or ``users:`` in its config). Without a
+users file, ingest removes a users table left by an earlier ingest, so the table always matches
+the inputs of the latest ingest. With one, every interaction's and sample's user_id must be in it.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from llmcf_core import fsio, quality, storage
 from llmcf_core.config import DatasetConfig, Settings
 from llmcf_core.data import items as items_mod
 from llmcf_core.data import samples as samples_mod
-from llmcf_core.data.sources import RawSource, load_interactions, load_items, resolve_source
+from llmcf_core.data import users as users_mod
+from llmcf_core.data.sources import RawSource, load_interactions, load_items, load_users, resolve_source
 from llmcf_core.paths import DataPaths, InvalidArgument, utc_day
 
 log = logging.getLogger(__name__)
@@ -39,6 +46,7 @@ class IngestResult:
     changed: bool
     split: str
     checks: dict[str, Any] = field(default_factory=dict)
+    users_rows: int | None = None  # rows of the published users table; None: the dataset has none
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,20 +57,26 @@ class IngestResult:
             "changed": self.changed,
             "split": self.split,
             "checks": self.checks,
+            "users_rows": self.users_rows,
         }
 
 
 def dataset_config(
-    settings: Settings, dataset: str, interactions: str | None, items: str | None
+    settings: Settings,
+    dataset: str,
+    interactions: str | None,
+    items: str | None,
+    users: str | None = None,
 ) -> DatasetConfig:
     """The configured dataset, or an ad-hoc custom one when the user passes their own files."""
     if dataset in settings.datasets:
         cfg = settings.datasets[dataset]
-        if interactions or items:
-            cfg = cfg.model_copy(update={"source": "custom", "interactions": interactions, "items": items})
+        if interactions or items or users:
+            update = {"source": "custom", "interactions": interactions, "items": items, "users": users}
+            cfg = cfg.model_copy(update=update)
         return cfg
     if interactions and items:
-        return DatasetConfig(source="custom", interactions=interactions, items=items)
+        return DatasetConfig(source="custom", interactions=interactions, items=items, users=users)
     known = ", ".join(sorted(settings.datasets))
     raise InvalidArgument(
         f"unknown dataset {dataset!r}: configured datasets are {known}; "
@@ -112,7 +126,10 @@ def _fail(
     folder = paths.quarantine(artifact, day)
     storage.write_quarantine(_to_arrow_lenient(rows), folder, report.to_dict())
     log.error("quarantined %d %s rows at %s", len(rows), artifact, folder)
-    raise quality.DataCheckFailed(report)
+    exc = quality.DataCheckFailed(report)
+    # items/users are unpartitioned: the note names the partition whose ingest failed.
+    exc.add_note(f"ingest dt={day.isoformat()}: {len(rows)} {artifact} rows quarantined at {folder}")
+    raise exc
 
 
 def ingest_partition(
@@ -122,12 +139,14 @@ def ingest_partition(
     *,
     interactions: str | None = None,
     items: str | None = None,
+    users: str | None = None,
 ) -> IngestResult:
-    """Build, check and publish the samples of ``day`` (and the dataset's items table)."""
+    """Build, check and publish the samples of ``day`` (and the dataset's items and users tables)."""
     paths = DataPaths(settings.home, dataset)
-    cfg = dataset_config(settings, dataset, interactions, items)
-    src = resolve_source(cfg, interactions, items)
+    cfg = dataset_config(settings, dataset, interactions, items, users)
+    src = resolve_source(cfg, interactions, items, users)
     items_raw, inter_raw = _staged_frames(paths, src)
+    users_raw = load_users(src)
     limit = settings.quality.quarantine_max_rows
     partition = day.isoformat()
 
@@ -145,8 +164,18 @@ def ingest_partition(
         _fail(paths, "items", day, items_df, items_report, limit)
     known = set(items_df["item_id"].dropna().astype("int64").tolist())
 
+    users_df, users_report, known_users = None, None, None
+    if users_raw is not None:
+        users_df = users_mod.render_users(users_raw)
+        users_report = quality.check_users(users_df, dataset=dataset)
+        if not users_report.success:
+            _fail(paths, "users", day, users_df, users_report, limit)
+        known_users = pd.to_numeric(users_df["user_id"]).astype("int64").to_numpy()
+
     scope = inter_raw[samples_mod.rows_for_partition(inter_raw, day)]
-    inter_report = quality.check_interactions(scope, dataset=dataset, partition=day, known_item_ids=known)
+    inter_report = quality.check_interactions(
+        scope, dataset=dataset, partition=day, known_item_ids=known, known_user_ids=known_users
+    )
     if not inter_report.success:
         _fail(paths, "interactions", day, scope, inter_report, limit)
 
@@ -167,17 +196,26 @@ def ingest_partition(
         history_len=cfg.history_len,
         min_rows=cfg.min_rows_per_partition,
         positive_rating=cfg.positive_rating,
+        known_user_ids=known_users,
     )
     if not samples_report.success:
         _fail(paths, "samples", day, samples_df, samples_report, limit)
 
     storage.publish_table(items_mod.items_to_arrow(items_df), paths.items, {"dataset": dataset})
+    users_rows = None
+    if users_df is not None:
+        users_rows = storage.publish_table(
+            users_mod.users_to_arrow(users_df), paths.users, {"dataset": dataset}
+        ).rows
+    elif paths.users.exists():
+        log.warning("dataset %s has no users file now: removing its users table %s", dataset, paths.users)
+        fsio.rmtree(paths.users)
     published = storage.publish_table(
         table,
         paths.samples(day),
         {"dataset": dataset, "partition": partition, "source": src.kind, "checks": samples_report.to_dict()},
     )
-    for artifact in ("items", "interactions", "samples"):  # a clean run clears stale quarantine
+    for artifact in ("items", "users", "interactions", "samples"):  # a clean run clears stale quarantine
         fsio.rmtree(paths.quarantine(artifact, day))
     split = samples_mod.split_of(day, cfg.valid_start, cfg.test_start)
     return IngestResult(
@@ -189,7 +227,9 @@ def ingest_partition(
         split=split,
         checks={
             "items": items_report.success,
+            **({"users": users_report.success} if users_report is not None else {}),
             "interactions": inter_report.success,
             "samples": samples_report.success,
         },
+        users_rows=users_rows,
     )

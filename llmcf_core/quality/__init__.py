@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from llmcf_core.quality.gx_runner import CheckReport, DataCheckFailed, Failure, Rule, failing_rows, run_rules
 
 if TYPE_CHECKING:
-    from llmcf_core.quality.suites import check_interactions, check_items, check_samples
+    from llmcf_core.quality.suites import check_interactions, check_items, check_samples, check_users
 
 __all__ = [
     "CheckReport",
@@ -32,11 +32,12 @@ __all__ = [
     "check_interactions",
     "check_items",
     "check_samples",
+    "check_users",
     "failing_rows",
     "run_rules",
 ]
 
-_LAZY = {"check_interactions", "check_items", "check_samples"}
+_LAZY = {"check_interactions", "check_items", "check_samples", "check_users"}
 
 
 def __getattr__(name: str) -> Any:

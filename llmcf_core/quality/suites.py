@@ -1,4 +1,4 @@
-"""The data-check suites, one per artifact: raw interactions, samples, items.
+"""The data-check suites, one per artifact: raw interactions, samples, items, users.
 
 Each ``check_*`` function computes the per-row helper columns GX cannot express on messy data
 (whole-number tests on strings, membership in a 10k-id set, rules over list-valued history
@@ -30,7 +30,7 @@ import pandas as pd
 
 from llmcf_core.quality.gx_runner import DEFAULT_MAX_EXAMPLES, CheckReport, Rule, as_int_array, run_rules
 
-__all__ = ["check_interactions", "check_items", "check_samples"]
+__all__ = ["check_interactions", "check_items", "check_samples", "check_users"]
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 SAMPLE_COLUMNS = (
@@ -61,6 +61,12 @@ SPLITS = ("train", "valid", "test")
 ITEM_COLUMNS = ("item_id", "title", "year", "genres", "text")
 # "int64" also accepts pandas' nullable Int64 (GX compares the dtype's scalar type).
 ITEM_DTYPES = {"item_id": "int64", "title": "str", "year": "int64", "text": "str"}
+USER_COLUMNS = ("user_id", "age_group", "gender", "occupation")
+# MovieLens-1M's age groups (llmcf_core.data.users.AGE_GROUPS; repeated so the suite stays standalone).
+AGE_GROUPS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
+AGE_MIN, AGE_MAX = 0, 120
+# Lengths of the user attributes' text (after stripping); longer values are free text, not categories.
+USER_TEXT_MAX = {"gender": 32, "occupation": 64}
 RATING_MIN, RATING_MAX = 1, 5
 _DAY_S = 86_400
 _INT64_LIMIT = 2.0**63
@@ -127,6 +133,21 @@ def _nonblank_or_null(s: pd.Series) -> np.ndarray:
         (isinstance(v, str) and v.strip() != "" for v in s.to_numpy(dtype=object)), dtype=bool, count=len(s)
     )
     return _null(s) | text
+
+
+def _str_or_null(s: pd.Series) -> np.ndarray:
+    return _null(s) | np.fromiter(
+        (isinstance(v, str) for v in s.to_numpy(dtype=object)), dtype=bool, count=len(s)
+    )
+
+
+def _str_len(s: pd.Series) -> np.ndarray:
+    """Stripped length of string values; NaN for nulls and non-strings (other rules report those)."""
+    return np.fromiter(
+        (len(v.strip()) if isinstance(v, str) else np.nan for v in s.to_numpy(dtype=object)),
+        dtype="float64",
+        count=len(s),
+    )
 
 
 def _str_lists(s: pd.Series) -> np.ndarray:
@@ -219,6 +240,15 @@ def _integer(col: str) -> Rule:
     return _true(f"expect_column_values_to_be_integers({col})", f"_chk_{col}_is_int", (col,), (col,))
 
 
+def _user_known(known: np.ndarray) -> Rule:
+    return _true(
+        f"expect_column_values_to_be_in_set(user_id, known_user_ids[{len(known)}])",
+        "_chk_user_id_known",
+        ("user_id",),
+        ("user_id",),
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Suites
 # --------------------------------------------------------------------------------------------
@@ -230,18 +260,21 @@ def check_interactions(
     dataset: str,
     partition: _dt.date,
     known_item_ids: Iterable[int],
+    known_user_ids: Iterable[int] | None = None,
     max_examples: int = DEFAULT_MAX_EXAMPLES,
 ) -> CheckReport:
     """Suite ``interactions``: the user's raw ratings for one day, whatever their dtypes.
 
     Rules: required columns; keys and rating not null; user_id/item_id/timestamp whole numbers;
-    rating numeric in [1, 5]; item_id known; no duplicate (user_id, item_id, timestamp); timestamp
-    inside the partition's UTC day.
+    rating numeric in [1, 5]; item_id known; user_id known (only when ``known_user_ids`` is given:
+    the dataset has a users table); no duplicate (user_id, item_id, timestamp); timestamp inside
+    the partition's UTC day.
     """
     label, start, end = _day(partition)
     frame = df.reset_index(drop=True)
     cols = set(frame.columns)
     known = as_int_array(known_item_ids)
+    users = None if known_user_ids is None else as_int_array(known_user_ids)
     derived: dict[str, np.ndarray] = {}
     for col in ("user_id", "item_id", "timestamp"):
         if col in cols:
@@ -254,6 +287,8 @@ def check_interactions(
         derived["_chk_rating_is_num"] = _is_num_or_null(frame["rating"], num)
     if "item_id" in cols:
         derived["_chk_item_id_known"] = _known(derived["_chk_item_id_num"], known)
+    if users is not None and "user_id" in cols:
+        derived["_chk_user_id_known"] = _known(derived["_chk_user_id_num"], users)
 
     keys = ("user_id", "item_id", "timestamp")
     rules = [_exists(c) for c in INTERACTION_COLUMNS]
@@ -277,6 +312,8 @@ def check_interactions(
         ),
         _in_day("timestamp", start, end, ("timestamp",)),
     ]
+    if users is not None:
+        rules.append(_user_known(users))
     return run_rules(
         frame,
         rules,
@@ -297,6 +334,7 @@ def check_samples(
     history_len: int,
     min_rows: int,
     positive_rating: float = 4.0,
+    known_user_ids: Iterable[int] | None = None,
     max_examples: int = DEFAULT_MAX_EXAMPLES,
 ) -> CheckReport:
     """Suite ``samples``: one day's training samples, built by our code, before publication.
@@ -304,13 +342,15 @@ def check_samples(
     Rules: row count >= min_rows; schema (columns, dtypes); no nulls; unique sample_id equal to
     ``f"{user_id}-{item_id}-{timestamp}"``; label in {0, 1} and equal to rating >= positive_rating;
     rating in [1, 5]; timestamp in the partition's UTC day; dt == partition; split allowed;
-    item_id known; history lists well-formed (int lists of one length <= history_len), strictly
+    item_id known; user_id known (only when ``known_user_ids`` is given: the dataset has a users
+    table); history lists well-formed (int lists of one length <= history_len), strictly
     before the sample in (timestamp, item_id) order, oldest first, items known, labels in {0, 1}.
     """
     label, start, end = _day(partition)
     frame = df.reset_index(drop=True)
     cols = set(frame.columns)
     known = as_int_array(known_item_ids)
+    users = None if known_user_ids is None else as_int_array(known_user_ids)
     derived: dict[str, np.ndarray] = {}
 
     for col in ("user_id", "item_id", "timestamp", "label"):
@@ -324,6 +364,8 @@ def check_samples(
         derived["_chk_rating_is_num"] = _is_num_or_null(frame["rating"], num)
     if "item_id" in cols:
         derived["_chk_item_id_known"] = _known(derived["_chk_item_id_num"], known)
+    if users is not None and "user_id" in cols:
+        derived["_chk_user_id_known"] = _known(derived["_chk_user_id_num"], users)
     if {"label", "rating"} <= cols:
         lab, rat = derived["_chk_label_num"], derived["_chk_rating_num"]
         with np.errstate(invalid="ignore"):
@@ -430,6 +472,8 @@ def check_samples(
             by_id,
         ),
     ]
+    if users is not None:
+        rules.append(_user_known(users))
     return run_rules(
         frame,
         rules,
@@ -555,3 +599,79 @@ def check_items(
         _true("expect_column_values_to_be_lists_of_str(genres)", "_chk_genres_str_list", ("genres",), by_id),
     ]
     return run_rules(frame, rules, derived=derived, suite="items", dataset=dataset, max_examples=max_examples)
+
+
+def check_users(
+    df: pd.DataFrame,
+    *,
+    dataset: str,
+    min_rows: int = 1,
+    max_examples: int = DEFAULT_MAX_EXAMPLES,
+) -> CheckReport:
+    """Suite ``users``: the users dimension table (one row per user), before publication.
+
+    Rules: at least ``min_rows`` users; columns user_id, age_group, gender, occupation; user_id not
+    null, whole, unique (as a number: ``7`` and ``"7.0"`` collide); age_group one of
+    :data:`AGE_GROUPS` or null; gender and occupation strings (or null) whose stripped length is
+    in [1, :data:`USER_TEXT_MAX`]. When the frame also holds the raw ``age`` the groups came from,
+    that age must be a whole number in [AGE_MIN, AGE_MAX] (or null).
+    """
+    frame = df.reset_index(drop=True)
+    cols = set(frame.columns)
+    derived: dict[str, np.ndarray] = {}
+    for col in ("user_id", "age"):
+        if col in cols:
+            num = _num(frame[col])
+            derived[f"_chk_{col}_num"] = num
+            derived[f"_chk_{col}_is_int"] = _is_int_or_null(frame[col], num)
+    if "user_id" in cols:  # unique as a number; non-numbers are the integer rule's
+        derived["_chk_user_id_key"] = np.where(
+            _whole(derived["_chk_user_id_num"]), derived["_chk_user_id_num"], np.nan
+        )
+    for col in USER_TEXT_MAX:
+        if col in cols:
+            derived[f"_chk_{col}_is_str"] = _str_or_null(frame[col])
+            derived[f"_chk_{col}_len"] = _str_len(frame[col])
+
+    by_id = ("user_id",)
+    rules = [_row_count(min_rows)]
+    rules += [_exists(c) for c in USER_COLUMNS]
+    rules += [_not_null("user_id", ("age_group", "gender", "occupation")), _integer("user_id")]
+    rules += [
+        Rule(
+            "expect_column_values_to_be_unique(user_id)",
+            "ExpectColumnValuesToBeUnique",
+            {"column": "_chk_user_id_key"},
+            requires=("user_id",),
+            examples_from=by_id,
+        ),
+        Rule(
+            f"expect_column_values_to_be_in_set(age_group, {list(AGE_GROUPS)})",
+            "ExpectColumnValuesToBeInSet",
+            {"column": "age_group", "value_set": list(AGE_GROUPS)},
+            requires=("age_group",),
+            examples_from=("user_id", "age_group"),
+        ),
+        _integer("age"),
+        Rule(
+            f"expect_column_values_to_be_between(age, min={AGE_MIN}, max={AGE_MAX})",
+            "ExpectColumnValuesToBeBetween",
+            {"column": "_chk_age_num", "min_value": AGE_MIN, "max_value": AGE_MAX},
+            requires=("age",),
+            examples_from=("user_id", "age"),
+        ),
+    ]
+    for col, most in USER_TEXT_MAX.items():
+        rules += [
+            _true(
+                f"expect_column_values_to_be_strings({col})", f"_chk_{col}_is_str", (col,), ("user_id", col)
+            ),
+            Rule(
+                f"expect_column_value_lengths_to_be_between({col}, min=1, max={most})",
+                "ExpectColumnValuesToBeBetween",
+                {"column": f"_chk_{col}_len", "min_value": 1, "max_value": most},
+                requires=(col,),
+                examples_from=("user_id", col),
+            ),
+        ]
+    return run_rules(frame, rules, derived=derived, suite="users", dataset=dataset, max_examples=max_examples)

@@ -22,6 +22,7 @@ from llmcf_core.quality import (
     check_interactions,
     check_items,
     check_samples,
+    check_users,
     failing_rows,
 )
 from llmcf_core.quality.gx_runner import load_gx
@@ -484,6 +485,90 @@ def test_items_float_year_and_empty_table() -> None:
     assert got["expect_column_values_to_be_integers(year)"].row_positions == [2]
     empty = check_items(make_items().iloc[0:0], dataset="d")
     assert [f.rule for f in empty.failures] == ["expect_table_row_count_to_be_between(min=1)"]
+
+
+# --------------------------------------------------------------------------------------------
+# users suite (and the known-user rules of the samples/interactions suites)
+# --------------------------------------------------------------------------------------------
+
+
+def make_users() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "user_id": np.array([1, 2, 3, 4], dtype=np.int64),
+            "age_group": ["<18", None, "56+", "25-34"],
+            "gender": ["F", "M", None, "M"],
+            "occupation": ["K-12 student", None, "retired", "other"],
+        }
+    ).astype({c: object for c in ("age_group", "gender", "occupation")})  # cells of any type
+
+
+def test_users_clean_pass_with_nulls_and_text_ids() -> None:
+    report = check_users(make_users(), dataset="ml-1m")
+    assert report.success, report.summary()
+    assert report.summary().startswith("users check passed for ml-1m:")
+    df = make_users().assign(user_id=["1", 2.0, 3, "4"], age=[10, None, 70, "30"])  # as a CSV may hold
+    assert check_users(df, dataset="shop").success
+
+
+def test_users_failures() -> None:
+    df = make_users().assign(age=[10, 200, 1.5, "x"])
+    df["user_id"] = pd.Series([1, "1.0", None, "abc"], dtype=object)
+    df.loc[0, "age_group"] = "18-25"
+    df.loc[1, "gender"] = " "
+    df.loc[3, "gender"] = 7
+    df.loc[3, "occupation"] = "o" * 65
+    report = check_users(df, dataset="shop")
+    got = {f.rule: (f.unexpected_count, f.row_positions) for f in report.failures}
+    assert got == {
+        "expect_column_values_to_not_be_null(user_id)": (1, [2]),
+        "expect_column_values_to_be_integers(user_id)": (1, [3]),
+        "expect_column_values_to_be_unique(user_id)": (2, [0, 1]),
+        "expect_column_values_to_be_in_set(age_group, ['<18', '18-24', '25-34', '35-44', '45-49', '50-55', '56+'])": (
+            1,
+            [0],
+        ),
+        "expect_column_values_to_be_integers(age)": (2, [2, 3]),
+        "expect_column_values_to_be_between(age, min=0, max=120)": (1, [1]),
+        "expect_column_values_to_be_strings(gender)": (1, [3]),
+        "expect_column_value_lengths_to_be_between(gender, min=1, max=32)": (1, [1]),
+        "expect_column_value_lengths_to_be_between(occupation, min=1, max=64)": (1, [3]),
+    }, report.summary()
+    assert report.summary().startswith("users check FAILED for shop: 9 of")
+    assert failing_rows(df, report).index.tolist() == [0, 1, 2, 3]
+
+
+def test_users_missing_columns_and_empty_table() -> None:
+    report = check_users(make_users()[["user_id", "gender"]], dataset="d")
+    assert [f.rule for f in report.failures] == [
+        "expect_column_to_exist(age_group)",
+        "expect_column_to_exist(occupation)",
+    ]
+    empty = check_users(make_users().iloc[0:0], dataset="d")
+    assert [f.rule for f in empty.failures] == ["expect_table_row_count_to_be_between(min=1)"]
+
+
+def test_samples_and_interactions_user_ids_must_be_known_when_given() -> None:
+    df = make_samples()  # users 1, 2, 3
+    plain = samples_check(df)
+    assert plain.success and samples_check(df, known_user_ids=[1, 2, 3]).evaluated == plain.evaluated + 1
+    f = only(samples_check(df, known_user_ids=np.array([1, 3])), "expect_column_values_to_be_in_set(user_id")
+    assert f.rule == "expect_column_values_to_be_in_set(user_id, known_user_ids[2])"
+    assert (f.unexpected_count, f.examples[:1]) == (4, [2])
+    inter = pd.DataFrame(
+        {
+            "user_id": ["1", 2, 9],
+            "item_id": [1, 2, 3],
+            "rating": [4, 3, 5],
+            "timestamp": [START, START + 1, START + 2],
+        }
+    )
+    assert inter_check(inter).success
+    report = check_interactions(
+        inter, dataset="custom", partition=DAY, known_item_ids=KNOWN, known_user_ids={1, 2}
+    )
+    f = only(report, "expect_column_values_to_be_in_set(user_id")
+    assert (f.unexpected_count, f.row_positions, f.examples) == (1, [2], [9])
 
 
 # --------------------------------------------------------------------------------------------
