@@ -6,7 +6,8 @@
 
 Every run is ``jobs.train_rec``'s training (model folders under ``models/rec/``); runs that
 already exist for the same inputs and settings are reused, so an interrupted experiment picks up
-where it stopped.
+where it stopped. Tables accumulate: runs of earlier calls stay in the table (``--fresh`` starts
+over), so backbones, variants and seeds can be added one call at a time.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--models", default="DIN,DeepFM,SASRec", help="comma-separated backbones")
     parser.add_argument("--variants", default="base,llmcf", help="comma-separated; base is the reference")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds first..first+N-1")
+    parser.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("--fresh", action="store_true", help="drop the runs of earlier calls from the table")
     parser.add_argument("--until", help="last day (YYYY-MM-DD) of data; default: every published day")
     parser.add_argument("--partition", help="alias of --until")
     parser.add_argument("--embedder")
@@ -50,21 +53,22 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(variants) - set(VARIANTS))
         if unknown or not variants:
             raise InvalidArgument(f"unknown variants {unknown}: use {', '.join(VARIANTS)}")
-        if args.seeds < 1:
-            raise InvalidArgument("--seeds must be >= 1")
+        if args.seeds < 1 or args.first_seed < 0:
+            raise InvalidArgument("--seeds must be >= 1 and --first-seed >= 0")
         day = args.until or args.partition
         report = run_experiment(
             load_config(args.profile),
             check_dataset_name(args.dataset),
             models,
             variants,
-            args.seeds,
+            range(args.first_seed, args.first_seed + args.seeds),
             out_dir=Path(args.out) if args.out else REPO_ROOT / "docs" / "results",
             until=parse_partition(day) if day else None,
             embedder=args.embedder,
             workers=args.workers,
             max_epochs=args.max_epochs,
             command=["python", "-m", "jobs.experiment", *(argv if argv is not None else sys.argv[1:])],
+            fresh=args.fresh,
         )
         return report.to_dict()
 

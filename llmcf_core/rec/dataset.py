@@ -4,6 +4,7 @@ Reads (all published partitions with ``dt <= until``)::
 
     <ds>/samples/dt=D/                       sample rows with history and split
     <ds>/items/                              item_id, genres
+    <ds>/users/                              user_id, age_group, gender, occupation (optional)
     <ds>/embeddings/<embedder>/items/        item_id, vector            (item text embeddings)
     <ds>/embeddings/<embedder>/pool/dt=D/    sample_id, cot_vec, ...    (llmcf* variants)
     <ds>/<neighbors artifact>/dt=D/          sample_id, neighbor_ids, neighbor_padded (llmcf*)
@@ -50,6 +51,8 @@ SAMPLE_COLUMNS = [
     "history_labels",
     "split",
 ]
+# Categorical user side features read from the users table when the dataset has one.
+USER_FEATURES = ("age_group", "gender", "occupation")
 # When the valid split is empty (days before valid_start), the latest share of the train rows
 # (by timestamp) validates instead; metrics.json says which ("valid_source").
 HOLDOUT_SHARE = 0.1
@@ -81,6 +84,11 @@ class RecTables:
     fingerprint: str  # hash of every input partition's content
     valid_source: str = "split"
     stats: dict[str, Any] = field(default_factory=dict)
+    # user side features: (N, U) int64 indices, 0 = unknown; names and vocabularies (index v + 1)
+    user_feat: np.ndarray | None = None
+    user_feature_names: list[str] = field(default_factory=list)
+    user_feature_vocab: list[list[str]] = field(default_factory=list)
+    control: str | None = None  # llmcf_random / llmcf_shufcot: how the examples were altered
 
     @property
     def has_neighbors(self) -> bool:
@@ -95,7 +103,12 @@ class RecTables:
             k=self.k,
             item_text=self.item_text,
             item_genres=self.item_genres,
+            user_feature_sizes=tuple(len(v) for v in self.user_feature_vocab),
         )
+
+    def cold_users(self, rows: np.ndarray) -> np.ndarray:
+        """(n,) bool: the sample's user has no train rows (the unknown user 0)."""
+        return self.user[np.asarray(rows, dtype=np.int64)] == 0
 
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == SPLITS.index(split))
@@ -110,6 +123,8 @@ class RecTables:
             "hist_fb": torch.from_numpy(self.hist_fb[rows]),
             "label": torch.from_numpy(self.label[rows].astype(np.float32)),
         }
+        if self.user_feat is not None:
+            out["user_feat"] = torch.from_numpy(self.user_feat[rows])
         if self.nb_row is None:
             return out
         nb = self.nb_row[rows]  # (B, K)
@@ -123,6 +138,8 @@ class RecTables:
             "nb_label": torch.from_numpy(self.label[ex].astype(np.int64)),
             "nb_mask": torch.from_numpy(mask),
         }
+        if self.user_feat is not None:
+            out["nb_user_feat"] = torch.from_numpy(self.user_feat[ex])  # (B, K, U)
         if self.cot is not None and self.cot_row is not None:
             c = np.where(mask, self.cot_row[ex], 0)  # (B, K)
             out["nb_cot"] = torch.from_numpy(self.cot[c])  # (B, K, D)
@@ -280,6 +297,8 @@ def load_tables(
     item_text[at[keep]] = vec[keep]
     items_without_text = int(len(item_ids) - keep.sum())
 
+    users = reader.read(paths.artifact("users")) if storage.is_published(paths.artifact("users")) else None
+
     # Samples.
     history_len = _history_len(settings, dataset, samples)
     sample_id = np.asarray(samples.column("sample_id").to_numpy(zero_copy_only=False)).astype(str)
@@ -330,6 +349,8 @@ def load_tables(
             "items_without_text": items_without_text,
         },
     )
+    if users is not None:
+        _attach_user_features(tables, users, user_raw)
     if with_icl:
         artifact = (
             settings.rec.neighbors_artifact if task == "ranking" else settings.rec.seq_neighbors_artifact
@@ -337,6 +358,31 @@ def load_tables(
         _attach_icl(tables, reader, emb_root / "pool", paths.artifact(artifact), days, until)
     tables.fingerprint = reader.fingerprint()
     return tables
+
+
+def _attach_user_features(tables: RecTables, users: pa.Table, user_raw: np.ndarray) -> None:
+    """Categorical user features per sample row; users missing from the table, nulls and values
+    first seen outside the train rows are 0 (unknown)."""
+    names = [c for c in USER_FEATURES if c in users.column_names]
+    if not names:
+        return
+    frame = users.select(["user_id", *names]).to_pandas().drop_duplicates("user_id").set_index("user_id")
+    at = frame.index.get_indexer(user_raw)  # -1: not in the users table
+    train = tables.split == SPLITS.index("train")
+    feat = np.zeros((len(user_raw), len(names)), dtype=np.int64)
+    vocab = []
+    for j, name in enumerate(names):
+        values = frame[name].astype("string").to_numpy(dtype=object, na_value=None)
+        per_row = np.where(at >= 0, values[np.maximum(at, 0)], None)
+        known = sorted({v for v in per_row[train] if v is not None})
+        index = {v: i + 1 for i, v in enumerate(known)}
+        feat[:, j] = [index.get(v, 0) if v is not None else 0 for v in per_row]
+        vocab.append(known)
+    tables.user_feat, tables.user_feature_names, tables.user_feature_vocab = feat, names, vocab
+    tables.stats["user_features"] = {
+        "names": names,
+        "rows_without_user_features": int((at < 0).sum()),
+    }
 
 
 def _history_len(settings: Any, dataset: str, samples: pa.Table) -> int:
@@ -424,6 +470,48 @@ def _attach_icl(
             "%d neighbour ids are not among the loaded samples: treated as padding",
             tables.stats["neighbor_ids_unknown"],
         )
+
+
+def apply_control(tables: RecTables, variant: str, seed: int) -> RecTables:
+    """Alter the retrieved examples as a control variant says (in place; returns ``tables``).
+
+    - ``llmcf_random``: every real example slot gets a random pool row with the same label among
+      the pool rows strictly earlier than the sample (the retrieval's leakage rule), instead of
+      the nearest one: the same number of examples and the same label balance, no similarity.
+    - ``llmcf_shufcot``: the CoT vectors are permuted among the pool rows of the same label: each
+      example keeps its features and label but carries another example's CoT.
+    Other variants are returned unchanged. Deterministic in ``seed``.
+    """
+    if variant not in ("llmcf_random", "llmcf_shufcot"):
+        return tables
+    if tables.nb_row is None or tables.pool_rows is None or tables.cot_row is None:
+        raise InvalidArgument(f"{variant} needs the retrieved examples (load the tables with neighbours)")
+    rng = np.random.default_rng([seed, 7_919])
+    if variant == "llmcf_random":
+        nb = tables.nb_row
+        real = nb >= 0
+        slot_label = np.where(real, tables.label[np.maximum(nb, 0)], -1)  # (N, K)
+        out = np.full_like(nb, -1)
+        for lab in (0, 1):
+            pool = tables.pool_rows[tables.label[tables.pool_rows] == lab]
+            pool = pool[np.argsort(tables.timestamp[pool], kind="stable")]
+            earlier = np.searchsorted(tables.timestamp[pool], tables.timestamp, side="left")  # (N,)
+            rows, cols = np.nonzero(slot_label == lab)
+            n = earlier[rows]
+            ok = n > 0
+            pick = np.floor(rng.random(len(rows)) * np.maximum(n, 1)).astype(np.int64)
+            out[rows[ok], cols[ok]] = pool[pick[ok]]
+        tables.stats["control_slots_without_earlier_example"] = int((real & (out < 0)).sum())
+        tables.nb_row = out
+    else:
+        with_cot = np.flatnonzero(tables.cot_row > 0)
+        cot_row = tables.cot_row.copy()
+        for lab in (0, 1):
+            group = with_cot[tables.label[with_cot] == lab]
+            cot_row[group] = rng.permutation(cot_row[group])
+        tables.cot_row = cot_row
+    tables.control = variant
+    return tables
 
 
 def read_pool(settings: Any, dataset: str, embedder: str, until: str | None) -> dict[str, np.ndarray]:

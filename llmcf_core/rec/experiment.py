@@ -4,16 +4,26 @@ Each run goes through ``train.train`` (so finished versions are reused and inter
 resume). Every table starts with the counting baselines of its task on the same split and rows
 (``llmcf_core.rec.baselines``: popularity, recent popularity and item transitions for next item;
 item, user and history-label positive rates and their sum for CTR); a model below them is a bug to
-find, and the table says which models do not beat the best one. The report gives the mean and standard deviation over seeds of the test metrics (AUC and
-LogLoss for ranking models, Hit/NDCG@{1,5,10} for next-item models), the relative lift of each
-variant over the same backbone's ``base``, the inputs (data fingerprint, CoT version, pool size,
-share of retrieved examples that have a CoT) and the exact command.
+find, and the table says which models do not beat the best one. The report gives the mean and
+standard deviation over seeds of the test metrics (AUC and LogLoss for ranking models,
+Hit/NDCG@{1,5,10} for next-item models), the primary metric on cold users (no train rows) and warm
+users, the relative lift of each variant over the same backbone's ``base``, the paired
+differences with bootstrap 95% intervals over test rows (``llmcf_core.rec.stats``: every variant
+against ``base``, ``llmcf`` against ``base_notext`` and against each control), the inputs (data
+fingerprint, CoT version, pool size, share of retrieved examples that have a CoT) and the exact
+command.
+
+Runs accumulate: the runs of an earlier call (``<dataset>.json`` in the output folder) are kept
+unless this call re-runs the same model, variant and seed, or ran the same kind of input (task,
+with or without neighbours) on other data (then the old ones are stale and dropped); ``fresh=True``
+starts over.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 import shlex
 from dataclasses import dataclass
@@ -23,11 +33,17 @@ from typing import Any
 import numpy as np
 
 from llmcf_core import fsio
+from llmcf_core.rec import registry, stats
 from llmcf_core.rec.backbones import model_class
 from llmcf_core.rec.metrics import TOP_KS
 from llmcf_core.rec.png import bar_chart
+from llmcf_core.rec.spec import needs_neighbors
 from llmcf_core.rec.train import train
 
+log = logging.getLogger(__name__)
+
+CONTROLS = ("llmcf_k0", "llmcf_random", "llmcf_shufcot", "llmcf_wocot", "llmcf_mean")
+SUBSETS = ("all", "cold", "warm")
 RANKING_COLUMNS = ("auc", "logloss")
 SEQUENTIAL_COLUMNS = tuple(f"{m}@{k}" for k in TOP_KS for m in ("hit", "ndcg"))
 LOWER_IS_BETTER = {"logloss"}
@@ -67,7 +83,7 @@ def run_experiment(
     dataset: str,
     models: list[str],
     variants: list[str],
-    seeds: int,
+    seeds: int | range,
     *,
     out_dir: Path,
     until: dt.date | None = None,
@@ -75,11 +91,15 @@ def run_experiment(
     workers: int | None = None,
     max_epochs: int | None = None,
     command: list[str] | None = None,
+    fresh: bool = False,
 ) -> ExperimentReport:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs_path = out_dir / f"{dataset}.json"
+    earlier = [] if fresh else _earlier_runs(runs_path)
     runs: list[dict[str, Any]] = []
     for model in models:
         for variant in variants:
-            for seed in range(seeds):
+            for seed in range(seeds) if isinstance(seeds, int) else seeds:
                 result = train(
                     settings,
                     dataset,
@@ -108,23 +128,71 @@ def run_experiment(
                         "fingerprint": m["fingerprint"],
                         "embedder": m["embedder"],
                         "valid_source": m["valid_source"],
+                        "folder": str(result.path),
+                        "command": command,
                     }
                 )
+    runs, dropped = merge_runs(earlier, runs)
     counted = _baselines(settings, dataset, {r["task"] for r in runs}, until, embedder)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    runs_path = out_dir / f"{dataset}.json"
-    runs_path.write_text(
-        json.dumps({"runs": runs, "baselines": counted}, indent=2, sort_keys=True, default=str),
-        encoding="utf-8",
-    )
     summary = _summarise(runs)
+    comparisons = _comparisons(runs, summary)
+    fsio.write_text_atomic(
+        runs_path,
+        json.dumps(
+            {"runs": runs, "baselines": counted, "comparisons": comparisons},
+            indent=2,
+            sort_keys=True,
+            default=str,
+        ),
+    )
     png_path = out_dir / f"{dataset}.png"
     _plot(png_path, dataset, summary)
     md_path = out_dir / f"{dataset}.md"
-    md_path.write_text(
-        _markdown(settings, dataset, runs, summary, counted, seeds, png_path.name, command), encoding="utf-8"
+    fsio.write_text_atomic(
+        md_path,
+        _markdown(settings, dataset, runs, summary, counted, comparisons, png_path.name, command, dropped),
     )
-    return ExperimentReport(md_path, png_path, runs_path, {"runs": len(runs), "cells": len(summary)})
+    return ExperimentReport(
+        md_path,
+        png_path,
+        runs_path,
+        {"runs": len(runs), "cells": len(summary), "dropped_stale_runs": dropped},
+    )
+
+
+def _earlier_runs(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        log.warning("%s is not JSON: starting the table over", path)
+        return []
+    return [r for r in raw.get("runs", []) if isinstance(r, dict) and "model" in r]
+
+
+def merge_runs(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Earlier runs plus new ones: a new run replaces the earlier one of the same model, variant and
+    seed; an earlier run whose input kind (task, with or without neighbours) was re-run here on other
+    data (another fingerprint) is stale and dropped. Returns the runs and how many were dropped."""
+
+    def kind(r: dict[str, Any]) -> tuple[str, bool]:
+        return r["task"], needs_neighbors(r["variant"])
+
+    fresh_prints: dict[tuple[str, bool], set[str]] = {}
+    for r in new:
+        fresh_prints.setdefault(kind(r), set()).add(r["fingerprint"])
+    keys = {(r["model"], r["variant"], r["seed"]) for r in new}
+    kept, dropped = [], 0
+    for r in earlier:
+        if (r["model"], r["variant"], r["seed"]) in keys:
+            continue
+        prints = fresh_prints.get(kind(r))
+        if prints is not None and r.get("fingerprint") not in prints:
+            dropped += 1
+            continue
+        kept.append(r)
+    return kept + list(new), dropped
 
 
 def _baselines(
@@ -155,15 +223,115 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, An
     return cells
 
 
+# --------------------------------------------------------------------------------------------
+# Paired statistics over the test rows (the runs' saved predictions)
+# --------------------------------------------------------------------------------------------
+
+
+class _Predictions:
+    """Each run's test predictions, aligned on one task's test rows, resampled once per subset."""
+
+    def __init__(self, runs: list[dict[str, Any]]) -> None:
+        self.values: dict[tuple[str, str, int], np.ndarray] = {}
+        self.ref: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # task: ids, labels, cold
+        self.cache: dict[tuple, stats.Resampled] = {}
+        self.missing: list[str] = []
+        for r in sorted(runs, key=lambda r: (r["model"], r["variant"], r["seed"])):
+            path = Path(r.get("folder") or "") / registry.PREDICTIONS_FILE
+            if not r.get("folder") or not path.is_file():
+                self.missing.append(f"{r['model']}-{r['variant']} seed {r['seed']}")
+                continue
+            with np.load(path, allow_pickle=False) as z:
+                ids, value, label, cold = z["sample_id"], z["value"], z["label"], z["cold"]
+            task = r["task"]
+            if task not in self.ref:
+                self.ref[task] = (ids, label, cold)
+            ref_ids = self.ref[task][0]
+            if not np.array_equal(ids, ref_ids):  # other rows (another data version): align or skip
+                pos = {sid: i for i, sid in enumerate(ids)}
+                at = np.array([pos.get(sid, -1) for sid in ref_ids])
+                if (at < 0).any():
+                    self.missing.append(f"{r['model']}-{r['variant']} seed {r['seed']} (other test rows)")
+                    continue
+                value = value[at]
+            self.values[(r["model"], r["variant"], r["seed"])] = value
+
+    def seeds(self, model: str, variant: str) -> list[int]:
+        return sorted(s for (m, v, s) in self.values if m == model and v == variant)
+
+    def resampled(
+        self, task: str, model: str, variant: str, seeds: list[int], subset: str
+    ) -> list[stats.Resampled]:
+        _, labels, cold = self.ref[task]
+        mask = None if subset == "all" else (cold if subset == "cold" else ~cold)
+        out = []
+        for seed in seeds:
+            key = (model, variant, seed, subset)
+            if key not in self.cache:
+                self.cache[key] = stats.resample_metric(
+                    task, labels, self.values[(model, variant, seed)], mask=mask
+                )
+            out.append(self.cache[key])
+        return out
+
+
+def _pairs(variants: list[str]) -> list[tuple[str, str]]:
+    """(A, B) comparisons of one backbone: every variant against base, llmcf against base_notext
+    (the paper's comparison) and against each control."""
+    out = [(v, "base") for v in variants if v != "base" and "base" in variants]
+    if "llmcf" in variants:
+        out += [("llmcf", b) for b in ("base_notext", *CONTROLS) if b in variants]
+    return list(dict.fromkeys(out))
+
+
+def _comparisons(
+    runs: list[dict[str, Any]], summary: dict[tuple[str, str], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    preds = _Predictions(runs)
+    out = []
+    models = list(dict.fromkeys(m for m, _ in summary))
+    for model in models:
+        variants = [v for (m, v) in summary if m == model]
+        task = summary[(model, variants[0])]["task"]
+        for a, b in _pairs(variants):
+            seeds = sorted(set(preds.seeds(model, a)) & set(preds.seeds(model, b)))
+            row: dict[str, Any] = {"model": model, "task": task, "a": a, "b": b, "seeds": seeds}
+            if not seeds or task not in preds.ref:
+                row["missing"] = "no paired test predictions"
+                out.append(row)
+                continue
+            for subset in SUBSETS:
+                row[subset] = stats.interval(
+                    preds.resampled(task, model, a, seeds, subset),
+                    preds.resampled(task, model, b, seeds, subset),
+                ).to_dict()
+            out.append(row)
+    for cell_key, cell in summary.items():  # cold / warm primary metric per cell
+        model, variant = cell_key
+        seeds = preds.seeds(model, variant)
+        if cell["task"] not in preds.ref or not seeds:
+            continue
+        cell["subsets"] = {
+            subset: _mean_std([r.point for r in preds.resampled(cell["task"], model, variant, seeds, subset)])
+            for subset in ("cold", "warm")
+        }
+        cold = preds.ref[cell["task"]][2]
+        cell["subset_rows"] = {"cold": int(cold.sum()), "warm": int((~cold).sum())}
+    if preds.missing:
+        log.warning("runs without test predictions (no intervals): %s", ", ".join(preds.missing))
+    return out
+
+
 def _markdown(
     settings: Any,
     dataset: str,
     runs: list[dict[str, Any]],
     summary: dict[tuple[str, str], dict[str, Any]],
     counted: dict[str, dict[str, Any]],
-    seeds: int,
+    comparisons: list[dict[str, Any]],
     png_name: str,
     command: list[str] | None,
+    dropped: int = 0,
 ) -> str:
     first = next((r for r in runs if "pool_rows" in r["data"]), runs[0])  # an llmcf run knows the pool
     data = first["data"]
@@ -174,8 +342,16 @@ def _markdown(
         f"Generated {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} by "
         f"`{shlex.join(command) if command else 'python -m jobs.experiment'}`.",
         "",
-        f"Test metrics, mean ± std over {seeds} seed(s) (0..{seeds - 1}); lift = relative change of the "
-        "mean against the same backbone's `base` (for LogLoss, a reduction counts as positive).",
+        "Test metrics, mean ± std over the seeds of each cell (the epochs column has one entry per "
+        "seed); lift = relative change of the mean against the same backbone's `base` (for LogLoss, "
+        "a reduction counts as positive). Cold = test rows of users with no train rows, warm = the "
+        "others. Variants: `base` backbone with the item text fields (ranking; sequential backbones "
+        "are id-based), `base_notext` without them (the paper's base), `llmcf` backbone + ICT, "
+        "controls `llmcf_k0` (ICT without examples), `llmcf_random` (random earlier examples, same "
+        "labels), `llmcf_shufcot` (CoTs permuted within a label), `llmcf_wocot`, `llmcf_mean`.",
+        "",
+        f"Runs accumulate over calls of `jobs.experiment` (each run's command is in {dataset}.json)"
+        + (f"; {dropped} stale run(s) on other data were dropped by this call." if dropped else "."),
         "",
         "Inputs: "
         f"embedder `{first['embedder']}`, CoT version `{cot}`, data fingerprint `{first['fingerprint'][:12]}`, "
@@ -189,12 +365,15 @@ def _markdown(
         if not cells:
             continue
         lift_cols = ("auc", "logloss") if task == "ranking" else ("ndcg@10", "hit@10")
+        primary_name = "AUC" if task == "ranking" else "NDCG@10"
         header = [
             "model",
             "variant",
             *cols,
             *(f"lift {c}" for c in lift_cols),
-            "valid " + ("AUC" if task == "ranking" else "NDCG@10"),
+            f"cold {primary_name}",
+            f"warm {primary_name}",
+            f"valid {primary_name}",
             "epochs",
         ]
         lines += [f"## {'Ranking (CTR)' if task == 'ranking' else 'Next item (full ranking)'}", ""]
@@ -204,7 +383,7 @@ def _markdown(
         primary = "auc" if task == "ranking" else "ndcg@10"
         for name, result in test_base.items():
             row = ["counting baseline", name, *(_fmt(result.get(c, float("nan")), 0.0) for c in cols)]
-            row += ["–"] * len(lift_cols)
+            row += ["–"] * (len(lift_cols) + 2)
             row += [_fmt(valid_base.get(name, {}).get(primary, float("nan")), 0.0), "–"]
             lines.append("| " + " | ".join(row).replace(" ± 0.0000", "") + " |")
         for (model, variant), cell in cells.items():
@@ -217,11 +396,13 @@ def _markdown(
                     lift = _lift(cell["test"][c][0], base["test"][c][0], c)
                     lifts.append("n/a" if math.isnan(lift) else f"{lift:+.2f}%")
             epochs = "/".join(str(r["epochs"]) for r in cell["runs"])
+            subsets = cell.get("subsets") or {}
             row = [
                 model,
                 variant,
                 *(_fmt(*cell["test"][c]) for c in cols),
                 *lifts,
+                *(_fmt(*subsets[k]) if k in subsets else "n/a" for k in ("cold", "warm")),
                 _fmt(*cell["valid"]),
                 epochs,
             ]
@@ -245,10 +426,74 @@ def _markdown(
                 else f"Every model beats the best counting baseline ({best[0]}, test {primary} {best[1]:.4f})."
             )
             lines += [verdict, ""]
+        lines += _comparison_lines(task, comparisons, summary)
+    lines += _cot_quality_lines(settings, dataset)
     lines += [f"![lift over base by model and variant]({png_name})", ""]
     lines += ["Runs (model folders under `$LLMCF_HOME/models/rec/<model>-<variant>/<version>/`):", ""]
     lines += [f"- {r['model']}-{r['variant']} seed {r['seed']}: `{r['version']}`" for r in runs]
     return "\n".join(lines) + "\n"
+
+
+def _ci(d: dict[str, Any] | None) -> str:
+    if not d or math.isnan(d.get("diff", float("nan"))):
+        return "n/a"
+    return f"{d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
+
+
+def _comparison_lines(
+    task: str, comparisons: list[dict[str, Any]], summary: dict[tuple[str, str], dict[str, Any]]
+) -> list[str]:
+    rows = [c for c in comparisons if c["task"] == task]
+    if not rows:
+        return []
+    metric = "AUC" if task == "ranking" else "NDCG@10"
+    lines = [
+        f"### Paired differences ({metric}, test)",
+        "",
+        f"A − B = mean over the paired seeds of {metric}(A) − {metric}(B) on the same test rows, with a "
+        f"paired bootstrap 95% interval over test rows ({stats.N_BOOT} resamples, shared by every "
+        "row of this table).",
+        "",
+        "| model | A − B | seeds | all rows | per seed | cold users | warm users | verdict (all rows) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    above, below = [], []
+    for c in rows:
+        name = f"{c['a']} − {c['b']}"
+        if "missing" in c:
+            lines.append(f"| {c['model']} | {name} | – | {c['missing']} | | | | n/a |")
+            continue
+        per_seed = ", ".join(f"{d:+.4f}" for d in c["all"]["per_seed"])
+        verdict = c["all"]["verdict"]
+        lines.append(
+            f"| {c['model']} | {name} | {len(c['seeds'])} | {_ci(c['all'])} | {per_seed} | "
+            f"{_ci(c['cold'])} (n={c['cold']['n']}) | {_ci(c['warm'])} (n={c['warm']['n']}) | {verdict} |"
+        )
+        (above if verdict == "above 0" else below if verdict == "below 0" else []).append(
+            f"{c['model']} {name}"
+        )
+    lines += [
+        "",
+        "Outside their interval (above zero): "
+        + (", ".join(above) or "none")
+        + ". Below zero: "
+        + (", ".join(below) or "none")
+        + ". Every other difference includes zero: no evidence either way at this size.",
+        "",
+    ]
+    return lines
+
+
+def _cot_quality_lines(settings: Any, dataset: str) -> list[str]:
+    """The CoT-quality report of the current CoT version, when one was written (jobs.cot_report)."""
+    try:
+        from llmcf_core.cot import report
+
+        text = report.render_markdown(report.cot_quality(settings, dataset))
+    except Exception as exc:  # noqa: BLE001 - a results table must not fail for want of a CoT report
+        log.info("no CoT quality report for %s: %s", dataset, exc)
+        return []
+    return ["## CoT quality (current CoT version)", "", text.strip(), ""]
 
 
 def _current_cot(settings: Any, dataset: str) -> str:

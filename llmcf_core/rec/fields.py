@@ -10,6 +10,12 @@ Each history item carries the user's feedback on it (liked / not liked, the samp
 field, DIN's attention keys and the ICT's feature tokens all see what the user thought of each item,
 as DIN-style models do. Feedback 0 (padding, or not known online) adds nothing.
 
+User side features (``DataSpec.user_feature_sizes``: e.g. age group, gender, occupation from the
+dataset's users table) are one more field each, appended after the others; index 0 is "unknown"
+(a user missing from the users table, or a request that does not send them). They describe the
+users the id cannot: 85% of ML-100K's test rows come from users with no train rows. The
+``base_notext`` variant drops the two text fields (the paper's base).
+
 Sequential fields (each H wide): the history (mean item embedding), the history's text, and the
 target item with its text; the current sample of a next-item request has no target, so those two
 fields are zero in its feature token.
@@ -28,7 +34,7 @@ from torch import nn
 from llmcf_core.rec.ict import token_mlp
 from llmcf_core.rec.spec import DataSpec
 
-RANKING_FIELDS = ("user", "item", "genres", "history", "item_text", "history_text")
+RANKING_FIELDS = ("user", "item", "genres", "history", "item_text", "history_text")  # + one per user feature
 FEEDBACK_CODES = 3  # history feedback: 0 padding / unknown, 1 negative, 2 positive
 TEXT_HIDDEN = 256
 
@@ -41,7 +47,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class RankingFieldEmbeddings:
-    stack: torch.Tensor  # (B, N_FIELDS, E) in RANKING_FIELDS order
+    stack: torch.Tensor  # (B, N_FIELDS, E) in ``RankingFields.names`` order
     target: torch.Tensor  # (B, E) the target item's id embedding
     hist_emb: torch.Tensor  # (B, L, E) history item id embeddings (0 at padding)
     hist_mask: torch.Tensor  # (B, L) bool
@@ -52,53 +58,77 @@ class RankingFieldEmbeddings:
 
 
 class RankingFields(nn.Module):
-    def __init__(self, spec: DataSpec, dim: int) -> None:
+    def __init__(self, spec: DataSpec, dim: int, *, with_text: bool = True) -> None:
         super().__init__()
+        self.with_text = with_text
+        self.user_features = nn.ModuleList(
+            nn.Embedding(n + 1, dim, padding_idx=0) for n in spec.user_feature_sizes
+        )  # 0 = unknown value
         self.user = nn.Embedding(spec.n_users + 1, dim)  # 0 = unknown user (learned)
         self.item = nn.Embedding(spec.n_items + 1, dim, padding_idx=0)
         self.genre = nn.Embedding(spec.n_genres + 1, dim, padding_idx=0)
         self.feedback = nn.Embedding(FEEDBACK_CODES, dim, padding_idx=0)  # 0 none, 1 negative, 2 positive
-        self.text_proj = token_mlp(spec.text_dim, TEXT_HIDDEN, dim)  # D -> 256 -> E
-        self.register_buffer("item_text", torch.from_numpy(spec.item_text).float())  # (I+1, D)
+        if with_text:
+            self.text_proj = token_mlp(spec.text_dim, TEXT_HIDDEN, dim)  # D -> 256 -> E
+            self.register_buffer("item_text", torch.from_numpy(spec.item_text).float())  # (I+1, D)
         self.register_buffer("item_genres", torch.from_numpy(spec.item_genres).long())  # (I+1, G)
         self.dim = dim
 
     @property
+    def names(self) -> tuple[str, ...]:
+        text = RANKING_FIELDS if self.with_text else RANKING_FIELDS[:4]
+        return (*text, *(f"user_feature_{i}" for i in range(len(self.user_features))))
+
+    @property
     def feature_dim(self) -> int:
-        return len(RANKING_FIELDS) * self.dim
+        return len(self.names) * self.dim
 
     def forward(
-        self, user: torch.Tensor, item: torch.Tensor, hist: torch.Tensor, hist_fb: torch.Tensor | None = None
+        self,
+        user: torch.Tensor,
+        item: torch.Tensor,
+        hist: torch.Tensor,
+        hist_fb: torch.Tensor | None = None,
+        user_feat: torch.Tensor | None = None,
     ) -> RankingFieldEmbeddings:
         """user (B,), item (B,), hist (B, L) item indices (0 = padding), hist_fb (B, L) feedback codes
-        (None: unknown)."""
+        (None: unknown), user_feat (B, U) user side feature indices (None: unknown)."""
         hist_mask = hist > 0  # (B, L)
         genres = self.item_genres[item]  # (B, G)
         hist_emb = self.item(hist)  # (B, L, E)
         if hist_fb is not None:
             hist_emb = hist_emb + self.feedback(hist_fb)  # (B, L, E): what the user thought of each item
         target = self.item(item)  # (B, E)
-        stack = torch.stack(
-            (
-                self.user(user),  # (B, E)
-                target,
-                masked_mean(self.genre(genres), genres > 0),  # (B, E)
-                masked_mean(hist_emb, hist_mask),  # (B, E)
+        fields = [
+            self.user(user),  # (B, E)
+            target,
+            masked_mean(self.genre(genres), genres > 0),  # (B, E)
+            masked_mean(hist_emb, hist_mask),  # (B, E)
+        ]
+        if self.with_text:
+            fields += [
                 self.text_proj(self.item_text[item]),  # (B, D) -> (B, E)
                 self.text_proj(masked_mean(self.item_text[hist], hist_mask)),  # (B, L, D) -> (B, E)
-            ),
-            dim=1,
-        )  # (B, 6, E)
+            ]
+        for j, table in enumerate(self.user_features):
+            fields.append(table(user_feat[:, j]) if user_feat is not None else target.new_zeros(target.shape))
+        stack = torch.stack(fields, dim=1)  # (B, N_FIELDS, E)
         return RankingFieldEmbeddings(stack, target, hist_emb, hist_mask)
 
     def features(
-        self, user: torch.Tensor, item: torch.Tensor, hist: torch.Tensor, hist_fb: torch.Tensor | None = None
+        self,
+        user: torch.Tensor,
+        item: torch.Tensor,
+        hist: torch.Tensor,
+        hist_fb: torch.Tensor | None = None,
+        user_feat: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Flat features for any leading shape: (*S,), (*S,), (*S, L), (*S, L) -> (*S, 6E)."""
+        """Flat features for any leading shape: (*S,), (*S,), (*S, L), (*S, L), (*S, U) -> (*S, N*E)."""
         lead = user.shape
         L = hist.shape[-1]
         fb = hist_fb.reshape(-1, L) if hist_fb is not None else None
-        f = self(user.reshape(-1), item.reshape(-1), hist.reshape(-1, L), fb)
+        uf = user_feat.reshape(-1, user_feat.shape[-1]) if user_feat is not None else None
+        f = self(user.reshape(-1), item.reshape(-1), hist.reshape(-1, L), fb, uf)
         return f.flat.reshape(*lead, -1)
 
 

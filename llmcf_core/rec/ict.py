@@ -19,6 +19,9 @@ Variants (``llmcf_core.rec.spec.VARIANTS``):
     llmcf        as above
     llmcf_wocot  no CoT tokens and no reconstruction: tokens [f, l] per example, T = 2K + 1
     llmcf_mean   mean pooling of the tokens instead of the decoder (reconstruction from the f tokens)
+    llmcf_k0     the decoder over the current sample's token alone (T = 1): the module's capacity
+                 without examples, a control; its output is not zeroed for want of examples
+    llmcf_random, llmcf_shufcot   as llmcf (they change the examples and CoTs it is given)
 
 Shapes: B batch, K examples, P tokens per example (3, or 2 without CoT), T = P*K + 1 tokens,
 C model width, F feature size, D CoT embedding size, H heads, hd = C / H head size.
@@ -47,6 +50,7 @@ class ICTConfig:
     mlp_hidden: int = 256  # the token MLPs: D -> 256 -> C, F -> 256 -> C
     use_cot: bool = True  # False: llmcf_wocot
     pooling: Literal["decoder", "mean"] = "decoder"  # "mean": llmcf_mean
+    with_examples: bool = True  # False: llmcf_k0 (no example tokens, no label table, no zeroing)
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-6
 
@@ -197,7 +201,7 @@ class InContextModule(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.feature_mlp = token_mlp(cfg.feature_dim, cfg.mlp_hidden, cfg.width)  # F -> C
-        self.label_emb = nn.Embedding(2, cfg.width)  # {0, 1} -> C
+        self.label_emb = nn.Embedding(2, cfg.width) if cfg.with_examples else None  # {0, 1} -> C
         self.cot_mlp = token_mlp(cfg.cot_dim, cfg.mlp_hidden, cfg.width) if cfg.use_cot else None
         self.recon_head = token_mlp(cfg.width, cfg.mlp_hidden, cfg.cot_dim) if cfg.use_cot else None
         self.decoder = Decoder(cfg) if cfg.pooling == "decoder" else None
@@ -207,6 +211,7 @@ class InContextModule(nn.Module):
     ) -> torch.Tensor:
         """(B, K, F), (B, K, D), (B, K) -> (B, K, P, C). Independent of the current sample, so an
         online scorer can compute them once per pool example."""
+        assert self.label_emb is not None, "this module takes no examples (llmcf_k0)"
         f = self.feature_mlp(ex_feat)  # (B, K, C)
         lab = self.label_emb(ex_label.long().clamp(0, 1))  # (B, K, C)
         if self.cot_mlp is None:
@@ -247,7 +252,8 @@ class InContextModule(nn.Module):
         # No retrieved example, no in-context information: the output is zero, so such a sample is
         # scored by the backbone alone (e.g. days before the in-context pool existed) instead of
         # through a second, example-free path that only adds capacity.
-        out = out * ex_mask.any(dim=1, keepdim=True).to(out.dtype)  # (B, C)
+        if self.cfg.with_examples:
+            out = out * ex_mask.any(dim=1, keepdim=True).to(out.dtype)  # (B, C)
 
         recon = None
         if reconstruct:
@@ -262,9 +268,9 @@ def ict_config_for(
     variant: str, *, feature_dim: int, cot_dim: int, width: int, layers: int, heads: int
 ) -> ICTConfig | None:
     """The ICTConfig of a variant, or None for ``base`` (backbone alone)."""
-    if variant == "base":
+    if variant in ("base", "base_notext"):
         return None
-    if variant not in ("llmcf", "llmcf_wocot", "llmcf_mean"):
+    if variant not in ("llmcf", "llmcf_wocot", "llmcf_mean", "llmcf_k0", "llmcf_random", "llmcf_shufcot"):
         raise ValueError(f"unknown variant {variant!r}")
     return ICTConfig(
         feature_dim=feature_dim,
@@ -272,6 +278,7 @@ def ict_config_for(
         width=width,
         n_layers=layers,
         n_heads=heads,
-        use_cot=variant != "llmcf_wocot",
+        use_cot=variant not in ("llmcf_wocot", "llmcf_k0"),
         pooling="mean" if variant == "llmcf_mean" else "decoder",
+        with_examples=variant != "llmcf_k0",
     )

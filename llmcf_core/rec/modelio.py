@@ -47,8 +47,11 @@ def write_version(
     user_ids: np.ndarray,
     item_ids: np.ndarray,
     metrics: dict[str, Any],
+    predictions: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Write the whole folder beside ``final`` and rename it into place (metrics.json last).
+
+    ``predictions``: the test rows' scores (``registry.PREDICTIONS_FILE``, for paired statistics).
 
     ``final`` on an object store: written in a local temporary folder, then uploaded.
     """
@@ -60,6 +63,8 @@ def write_version(
         staged.mkdir(parents=True)
     torch.save(state, staged / registry.MODEL_FILE)
     np.savez(staged / registry.VOCAB_FILE, user_ids=user_ids, item_ids=item_ids)
+    if predictions is not None:
+        np.savez_compressed(staged / registry.PREDICTIONS_FILE, **predictions)
     registry.write_json_atomic(staged / registry.META_FILE, meta)
     registry.write_json_atomic(staged / registry.METRICS_FILE, metrics)
     registry.commit_folder(staged, final)

@@ -36,6 +36,9 @@ from llmcf_core import fsio
 from llmcf_core.paths import InvalidArgument, check_dataset_name
 
 METRICS_FILE = "metrics.json"
+# test rows' scores: sample_id, value (probability, or the target's 0-based rank for next item),
+# label, cold (the user has no train rows); read by the experiment's paired statistics
+PREDICTIONS_FILE = "test_predictions.npz"
 MODEL_FILE = "model.pt"
 META_FILE = "model.json"
 VOCAB_FILE = "vocab.npz"

@@ -46,6 +46,9 @@ class ScoreRequest:
     candidate_item_ids: list[int]
     timestamp: int | None = None  # examples must be older than this; None = any
     history_labels: list[int] | None = None  # 1 liked / 0 not, per history item; None = not known
+    # user side features by name (e.g. {"age_group": "25-34", "gender": "F", "occupation": "writer"});
+    # None = the published users table's row of user_id, if any; unknown names/values are ignored
+    user_features: dict[str, str] | None = None
 
 
 @dataclass
@@ -146,6 +149,8 @@ class ExampleStore:
                     "nb_label": torch.from_numpy(tables.label[part].astype(np.int64))[:, None],
                     "nb_cot": torch.from_numpy(tables.cot[tables.cot_row[part]])[:, None],
                 }
+                if tables.user_feat is not None:
+                    batch["nb_user_feat"] = torch.from_numpy(tables.user_feat[part])[:, None]
                 parts.append(model.example_tokens(batch)[:, 0])  # (b, P, C)
         return cls(tables.sample_id[rows], torch.cat(parts))
 
@@ -164,6 +169,7 @@ class Scorer:
         retriever: Retriever | None = None,
         *,
         compile: bool = False,
+        users: dict[int, dict[str, str]] | None = None,
     ) -> None:
         """``compile``: run the forward pass through ``torch.compile`` (inductor; needs a C++
         compiler; about a minute per model and request shape on first use, then ~2x faster on CPU)."""
@@ -176,6 +182,12 @@ class Scorer:
         self.item_text = (
             self.model.fields.item_text.numpy() if hasattr(self.model.fields, "item_text") else None
         )
+        feats = loaded.meta.get("user_features") or {}
+        self.user_feature_index = [
+            {v: i + 1 for i, v in enumerate(vocab)} for vocab in feats.get("vocab", [])
+        ]
+        self.user_feature_names = list(feats.get("names", []))
+        self.users = users or {}  # raw user id -> {feature name: value}, from the users table
         if self.model.ict is not None and (store is None or retriever is None):
             raise ValueError("an llmcf* model needs an example store and a retriever")
         self._forward = torch.compile(self._scores, dynamic=False) if compile else self._scores
@@ -197,8 +209,11 @@ class Scorer:
         if version is None:
             raise FileNotFoundError(f"no published {model}-{variant} model for {dataset!r}")
         loaded = load_version(registry.version_dir(settings.home, model, variant, version))
+        users = (
+            _read_users(settings, dataset) if (loaded.meta.get("user_features") or {}).get("names") else None
+        )
         if loaded.model.ict is None:
-            return cls(loaded, compile=compile)
+            return cls(loaded, compile=compile, users=users)
         import datetime as dt
 
         from llmcf_core.rec.dataset import load_tables
@@ -210,7 +225,18 @@ class Scorer:
         retriever = retriever or ExactRetriever.from_pool(
             settings, dataset, meta["embedder"], meta.get("until")
         )
-        return cls(loaded, store, retriever, compile=compile)
+        return cls(loaded, store, retriever, compile=compile, users=users)
+
+    def _user_features(self, req: ScoreRequest) -> np.ndarray:
+        """(U,) indices of the request's user side features (0 = unknown)."""
+        given = req.user_features if req.user_features is not None else self.users.get(int(req.user_id), {})
+        return np.array(
+            [
+                index.get(str(given[name]), 0) if given.get(name) is not None else 0
+                for name, index in zip(self.user_feature_names, self.user_feature_index, strict=True)
+            ],
+            dtype=np.int64,
+        )
 
     # -- request -> tensors ----------------------------------------------------------------
 
@@ -263,6 +289,8 @@ class Scorer:
             "hist": hist.expand(n, -1),
             "hist_fb": hist_fb.expand(n, -1),
         }
+        if self.user_feature_names:
+            batch["user_feat"] = torch.from_numpy(self._user_features(req)).expand(n, -1)
         if self.model.ict is not None:
             assert self.store is not None and example_ids is not None
             batch["nb_tokens"], batch["nb_mask"] = self.store.lookup(example_ids)
@@ -276,6 +304,18 @@ class Scorer:
             u, _ = self.model.user_vector(batch)  # (1, H)
             return self.model.item_emb(items) @ u[0]  # (C,)
         return self.model.predict(batch)  # (C,)
+
+
+def _read_users(settings: Any, dataset: str) -> dict[int, dict[str, str]]:
+    """The published users table as {user_id: {feature: value}} (empty when there is none)."""
+    from llmcf_core import storage
+    from llmcf_core.paths import DataPaths
+
+    folder = DataPaths(settings.home, dataset).artifact("users")
+    if not storage.is_published(folder):
+        return {}
+    rows = storage.read_partition(folder).to_pylist()
+    return {int(r["user_id"]): {k: v for k, v in r.items() if k != "user_id" and v is not None} for r in rows}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,8 +15,42 @@ from typing import Any
 
 import numpy as np
 
-VARIANTS = ("base", "llmcf", "llmcf_wocot", "llmcf_mean")
+# base         the backbone alone, with the item text fields (ranking backbones; sequential
+#              backbones are id-based: text reaches them only through the ICT)
+# base_notext  the backbone without any text field: the paper's comparison
+# llmcf        backbone + ICT over the retrieved examples and their CoTs (the method)
+# llmcf_wocot  ... without the CoT tokens; llmcf_mean: mean pooling instead of the decoder
+# Controls (where does a lift come from?):
+# llmcf_k0      the ICT with only the current sample's token: its capacity, no examples
+# llmcf_random  random earlier pool examples with the retrieved examples' labels, not the neighbours
+# llmcf_shufcot the retrieved examples with CoT vectors permuted among pool rows of the same label
+VARIANTS = (
+    "base",
+    "base_notext",
+    "llmcf",
+    "llmcf_wocot",
+    "llmcf_mean",
+    "llmcf_k0",
+    "llmcf_random",
+    "llmcf_shufcot",
+)
+BASE_VARIANTS = ("base", "base_notext")
 TASKS = ("ranking", "sequential")
+
+
+def uses_icl(variant: str) -> bool:
+    """The variant has the in-context module."""
+    return variant not in BASE_VARIANTS
+
+
+def needs_neighbors(variant: str) -> bool:
+    """The variant reads retrieved examples (and so the pool, the neighbours and the CoTs)."""
+    return uses_icl(variant) and variant != "llmcf_k0"
+
+
+def uses_text(variant: str) -> bool:
+    """The ranking backbone's fields include the item and history text embeddings."""
+    return variant != "base_notext"
 
 
 @dataclass
@@ -28,6 +62,9 @@ class DataSpec:
     k: int  # retrieved examples per sample
     item_text: np.ndarray  # (n_items + 1, D) float32, row 0 zeros: frozen item text embeddings
     item_genres: np.ndarray  # (n_items + 1, G) int64 genre indices, 0-padded
+    # categorical user side features (e.g. age_group, gender, occupation): vocabulary size of each,
+    # index 0 = unknown; () when the dataset has no users table
+    user_feature_sizes: tuple[int, ...] = ()
 
     @property
     def text_dim(self) -> int:
@@ -47,6 +84,7 @@ class DataSpec:
             "k": self.k,
             "text_dim": self.text_dim,
             "max_genres": self.max_genres,
+            "user_features": list(self.user_feature_sizes),
         }
 
     @classmethod
@@ -60,6 +98,7 @@ class DataSpec:
             k=int(sizes["k"]),
             item_text=np.zeros((n_items + 1, int(sizes["text_dim"])), dtype=np.float32),
             item_genres=np.zeros((n_items + 1, max(1, int(sizes["max_genres"]))), dtype=np.int64),
+            user_feature_sizes=tuple(int(n) for n in sizes.get("user_features", ())),
         )
 
 

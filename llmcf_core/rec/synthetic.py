@@ -48,8 +48,12 @@ def write_synthetic_dataset(
     k: int = 4,
     embedder: str = "synth-enc",
     seed: int = 0,
+    users: bool = False,
 ) -> dict[str, object]:
-    """Publish samples, items, embeddings, pool and neighbours; returns a small summary."""
+    """Publish samples, items, embeddings, pool and neighbours; returns a small summary.
+
+    ``users``: also a users table (age_group, gender at random; the occupation names the user's
+    group, so it carries what the user id does, for cold users too)."""
     rng = np.random.default_rng(seed)
     paths = DataPaths(home, dataset)
     user_group = rng.integers(0, n_groups, n_users + 1)
@@ -68,6 +72,20 @@ def write_synthetic_dataset(
         }
     )
     storage.publish_table(items, paths.items, {"dataset": dataset})
+    if users:
+        ages = ["<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"]
+        storage.publish_table(
+            pa.table(
+                {
+                    "user_id": pa.array(np.arange(1, n_users + 1), pa.int64()),
+                    "age_group": [ages[i] for i in rng.integers(0, len(ages), n_users)],
+                    "gender": [("M", "F")[i] for i in rng.integers(0, 2, n_users)],
+                    "occupation": [f"occ{user_group[u]}" for u in range(1, n_users + 1)],
+                }
+            ),
+            paths.artifact("users"),
+            {"dataset": dataset},
+        )
     emb_root = paths.artifact(f"embeddings/{embedder}")
     storage.publish_table(
         pa.table(

@@ -41,8 +41,8 @@ from llmcf_core.paths import InvalidArgument
 from llmcf_core.rec import baselines, registry
 from llmcf_core.rec import metrics as M
 from llmcf_core.rec.backbones import RecModel, SequentialModel, build_model, model_class
-from llmcf_core.rec.dataset import RecTables, load_tables
-from llmcf_core.rec.spec import VARIANTS, HParams
+from llmcf_core.rec.dataset import RecTables, apply_control, load_tables
+from llmcf_core.rec.spec import VARIANTS, HParams, needs_neighbors
 
 log = logging.getLogger(__name__)
 
@@ -188,9 +188,18 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 @torch.no_grad()
 def evaluate(
-    model: RecModel, tables: RecTables, rows: np.ndarray, io: LoopIO, batch_size: int
+    model: RecModel,
+    tables: RecTables,
+    rows: np.ndarray,
+    io: LoopIO,
+    batch_size: int,
+    values_out: dict[str, torch.Tensor] | None = None,
 ) -> dict | None:
-    """Metrics on ``rows`` (None if empty); each rank scores ``rows[rank::world]``."""
+    """Metrics on ``rows`` (None if empty); each rank scores ``rows[rank::world]``.
+
+    ``values_out``: filled with the scored ``rows`` and their ``values`` (probabilities, or the
+    target's 0-based rank for next item), as tensors (they travel in checkpoints).
+    """
     if len(rows) == 0:
         return None
     was_training = model.training
@@ -210,6 +219,10 @@ def evaluate(
     gathered = io.gather(local)
     all_rows = np.concatenate([g[0] for g in gathered])
     values = np.concatenate([g[1] for g in gathered])
+    if values_out is not None:
+        order = np.argsort(all_rows, kind="stable")
+        values_out["rows"] = torch.from_numpy(all_rows[order].astype(np.int64))
+        values_out["values"] = torch.from_numpy(values[order].astype(np.float64))
     if isinstance(model, SequentialModel):
         return M.topk_metrics(values)
     return M.ranking_metrics(tables.label[all_rows], values)
@@ -279,10 +292,11 @@ def fit(
 
     model.load_state_dict(state["best_model"])
     best = state["history"][state["best_epoch"] - 1]
+    test_values: dict[str, torch.Tensor] = {}
     final = {
         "primary_metric": primary,
         "valid": best["valid"],
-        "test": evaluate(model, tables, test_rows, io, run.eval_batch_size),
+        "test": evaluate(model, tables, test_rows, io, run.eval_batch_size, test_values),
         "best_epoch": state["best_epoch"],
         "epochs": state["epoch"],
         "stopped_early": state["bad_epochs"] >= run.patience,
@@ -290,6 +304,7 @@ def fit(
         "history": state["history"],
     }
     state["final"] = final  # a later run with a larger max_epochs continues unless stopped early
+    state["test_predictions"] = test_values
     io.save(state, {"final": True, "epoch": state["epoch"], f"valid_{primary}": best["valid"].get(primary)})
     return state
 
@@ -373,8 +388,9 @@ def train(
     if workers < 0:
         raise InvalidArgument("workers must be >= 0")
     tables = load_tables(
-        settings, dataset, until=until, embedder=embedder, task=cls.task, with_icl=variant != "base"
+        settings, dataset, until=until, embedder=embedder, task=cls.task, with_icl=needs_neighbors(variant)
     )
+    apply_control(tables, variant, seed)
     if len(tables.rows("train")) == 0:
         raise InvalidArgument(f"no train samples for {dataset!r} up to {until or 'now'}")
     run = RunSpec(
@@ -391,7 +407,13 @@ def train(
     home = settings.home
     previous = registry.current_version(home, dataset, model, variant) if warm_start else None
     version = version_id(
-        dataset, until, seed, tables.fingerprint, run, {"warm_from": previous, "workers": workers}
+        dataset,
+        until,
+        seed,
+        tables.fingerprint,
+        run,
+        # format 2: the folder holds the test predictions (older versions are retrained, not reused)
+        {"warm_from": previous, "workers": workers, "format": 2},
     )
     final = registry.version_dir(home, model, variant, version)
     if registry.is_complete(final) and not force:
@@ -450,11 +472,35 @@ def train(
         "spec": tables.spec().sizes(),
         "genres": tables.genres,
         "fingerprint": tables.fingerprint,
+        # categorical user side features: value vocabularies (index v + 1), for online scoring
+        "user_features": {"names": tables.user_feature_names, "vocab": tables.user_feature_vocab},
     }
     from llmcf_core.rec.modelio import write_version
 
-    write_version(final, state["best_model"], meta, tables.user_ids, tables.item_ids, metrics)
+    write_version(
+        final,
+        state["best_model"],
+        meta,
+        tables.user_ids,
+        tables.item_ids,
+        metrics,
+        _predictions(tables, state),
+    )
     return TrainResult(dataset, model, variant, version, final, metrics, True)
+
+
+def _predictions(tables: RecTables, state: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """The test rows' scores with what the paired statistics need (``registry.PREDICTIONS_FILE``)."""
+    values = state.get("test_predictions") or {}
+    if "rows" not in values:
+        return None
+    rows = values["rows"].numpy()
+    return {
+        "sample_id": tables.sample_id[rows],
+        "value": values["values"].numpy(),
+        "label": tables.label[rows],
+        "cold": tables.cold_users(rows),
+    }
 
 
 def _warm_start(

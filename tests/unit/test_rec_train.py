@@ -73,7 +73,13 @@ def test_job_writes_the_model_folder_and_reuses_it(rec_settings, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("LLMCF_RESULT "))
     assert result["trained"] and result["primary_metric"] == "auc"
     folder = registry.version_dir(rec_settings.home, "DIN", "llmcf", result["version"])
-    assert {p.name for p in folder.iterdir()} == {"model.pt", "model.json", "vocab.npz", "metrics.json"}
+    assert {p.name for p in folder.iterdir()} == {
+        "model.pt",
+        "model.json",
+        "vocab.npz",
+        "metrics.json",
+        "test_predictions.npz",
+    }
     metrics = json.loads((folder / "metrics.json").read_text())
     assert set(metrics["valid"]) >= {"auc", "logloss"} and set(metrics["test"]) >= {"auc", "logloss"}
     assert metrics["epochs"] == 2 and metrics["data"]["k"] == 4

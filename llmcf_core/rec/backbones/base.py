@@ -8,17 +8,21 @@
 
 A batch is a dict of tensors built by ``llmcf_core.rec.dataset.RecTables.batch``:
 
-    user (B,)  item (B,)  hist (B, L)  hist_fb (B, L)  label (B,) float
+    user (B,)  item (B,)  hist (B, L)  hist_fb (B, L)  label (B,) float  [user_feat (B, U)]
     nb_user (B, K)  nb_item (B, K)  nb_hist (B, K, L)  nb_hist_fb (B, K, L)  nb_label (B, K)  nb_mask (B, K) bool
+    [nb_user_feat (B, K, U)]
 
 ``hist_fb`` is the feedback on each history item (0 padding or unknown, 1 negative, 2 positive);
 ranking backbones add its embedding to the history item embeddings (optional: absent = unknown).
+``user_feat`` holds the user side feature indices (0 unknown; optional: absent = all unknown).
     nb_cot (B, K, D)  nb_cot_mask (B, K) bool       (only for the llmcf* variants)
     nb_tokens (B, K, P, C)                          (optional: precomputed example tokens, online)
 
 The ``variant`` switch adds the in-context module (``llmcf_core.rec.ict``): ranking backbones
 concatenate its output to their feature vector, sequential ones add ``seq_fusion_weight`` times it
-to the user vector. ``base`` is the backbone alone.
+to the user vector. ``base`` is the backbone alone (``base_notext``: without the text fields), and
+``llmcf_k0`` runs the ICT over the current sample's token only (no examples: the batch has no
+``nb_*`` keys).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from torch import nn
 
 from llmcf_core.rec.fields import RankingFieldEmbeddings, RankingFields, SequentialFields
 from llmcf_core.rec.ict import InContextModule, ict_config_for
-from llmcf_core.rec.spec import VARIANTS, DataSpec, HParams
+from llmcf_core.rec.spec import VARIANTS, DataSpec, HParams, uses_text
 
 Batch = dict[str, torch.Tensor]
 
@@ -76,6 +80,12 @@ class RecModel(nn.Module):
     def _in_context(self, batch: Batch, query_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ICT output (B, C) and reconstruction loss (scalar, 0 when not applicable)."""
         assert self.ict is not None
+        if self.variant == "llmcf_k0":  # no examples: the sequence is the current sample's token
+            B, C = query_feat.shape[0], self.ict.cfg.width
+            tokens = query_feat.new_zeros(B, 0, self.ict.cfg.tokens_per_example, C)
+            mask = torch.zeros(B, 0, dtype=torch.bool, device=query_feat.device)
+            out, _ = self.ict(query_feat, tokens, mask)
+            return out, query_feat.new_zeros(())
         tokens = batch["nb_tokens"] if "nb_tokens" in batch else self.example_tokens(batch)
         train_recon = self.training and "nb_cot" in batch
         out, recon = self.ict(
@@ -95,7 +105,7 @@ class RankingModel(RecModel):
 
     def __init__(self, spec: DataSpec, hp: HParams, variant: str) -> None:
         super().__init__(spec, hp, variant)
-        self.fields = RankingFields(spec, hp.embedding_dim)
+        self.fields = RankingFields(spec, hp.embedding_dim, with_text=uses_text(variant))
         cfg = ict_config_for(
             variant,
             feature_dim=self.fields.feature_dim,
@@ -115,7 +125,11 @@ class RankingModel(RecModel):
     def example_tokens(self, batch: Batch) -> torch.Tensor:
         assert self.ict is not None
         ex_feat = self.fields.features(
-            batch["nb_user"], batch["nb_item"], batch["nb_hist"], batch.get("nb_hist_fb")
+            batch["nb_user"],
+            batch["nb_item"],
+            batch["nb_hist"],
+            batch.get("nb_hist_fb"),
+            batch.get("nb_user_feat"),
         )  # (B, K, F)
         return self.ict.example_tokens(ex_feat, batch.get("nb_cot"), batch["nb_label"])
 
@@ -123,7 +137,7 @@ class RankingModel(RecModel):
         user = batch["user"]
         if self.training and self.hp.user_dropout > 0:  # train the unknown user's embedding (index 0)
             user = user.masked_fill(torch.rand(user.shape, device=user.device) < self.hp.user_dropout, 0)
-        f = self.fields(user, batch["item"], batch["hist"], batch.get("hist_fb"))
+        f = self.fields(user, batch["item"], batch["hist"], batch.get("hist_fb"), batch.get("user_feat"))
         if self.ict is None:
             return self.score(f, None), f.stack.new_zeros(())
         ict_out, recon = self._in_context(batch, f.flat)  # (B, C), ()
@@ -152,7 +166,7 @@ class SequentialModel(RecModel):
     def __init__(self, spec: DataSpec, hp: HParams, variant: str) -> None:
         super().__init__(spec, hp, variant)
         self.hidden = hp.seq_hidden
-        self.fields = SequentialFields(spec, hp.seq_hidden, with_text=variant != "base")
+        self.fields = SequentialFields(spec, hp.seq_hidden, with_text=variant not in ("base", "base_notext"))
         cfg = ict_config_for(
             variant,
             feature_dim=self.fields.feature_dim,
