@@ -207,3 +207,22 @@ def test_auto_backend_and_the_vllm_interpreter(monkeypatch, tmp_path, cluster_co
     }
     vllm_default = local.model_copy(update={"vllm_cpu_threads_bind": None})
     assert "VLLM_CPU_OMP_THREADS_BIND" not in backend.cpu_engine_env(vllm_default)
+
+
+def test_cpu_engines_run_fp32_without_native_bf16(monkeypatch, cluster_cot):
+    """vLLM's CPU GEMMs emulate bf16 on CPUs without AVX512-BF16/AMX (6x slower than fp32 on an
+    AVX2-only EPYC): `dtype: auto` is float32 there, bf16 where the CPU has it, the model's on GPUs."""
+    local = load_config_file(CONFIG_DIR / "local.yaml").cot
+    assert local.dtype == "auto"
+    monkeypatch.setattr(engine_vllm, "cpu_has_native_bf16", lambda: False)
+    assert engine_vllm.engine_kwargs(local)["dtype"] == "float32"
+    assert engine_vllm.processor_kwargs(local, "/m", gpu=False)["engine_kwargs"]["dtype"] == "float32"
+    monkeypatch.setattr(engine_vllm, "cpu_has_native_bf16", lambda: True)
+    assert engine_vllm.engine_kwargs(local)["dtype"] == "bfloat16"
+    engine = {k: v for k, v in cluster_cot.vllm_engine_kwargs.items() if k != "dtype"}
+    gpu_auto = cluster_cot.model_copy(update={"dtype": "auto", "vllm_engine_kwargs": engine})
+    # GPU: the model's own dtype
+    assert engine_vllm.processor_kwargs(gpu_auto, "/m")["engine_kwargs"]["dtype"] == "auto"
+    pinned = local.model_copy(update={"vllm_engine_kwargs": {**local.vllm_engine_kwargs, "dtype": "float16"}})
+    assert engine_vllm.engine_kwargs(pinned)["dtype"] == "float16"  # an explicit engine dtype wins
+    assert engine_vllm.engine_kwargs(local.model_copy(update={"dtype": "float32"}))["dtype"] == "float32"
