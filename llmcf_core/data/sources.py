@@ -112,11 +112,49 @@ def _read_atomic(path: Path) -> pd.DataFrame:
 
 
 def _read_user_file(path: Any) -> pd.DataFrame:
+    """A user's CSV or Parquet file; an unreadable one is one clear line (InvalidArgument, exit 2)
+    naming the file, where it broke and the rule, never a parser traceback."""
+    import pyarrow as pa
+
     # pandas opens URLs (s3://, gs://, ...) through fsspec itself.
     target = str(path) if fsio.is_url(path) else path
-    if path.suffix.lower() == ".parquet":
-        return pd.read_parquet(target)
-    return pd.read_csv(target)
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pd.read_parquet(target)
+        return pd.read_csv(target, encoding="utf-8")
+    except UnicodeDecodeError:
+        offset, byte = _first_invalid_utf8(path)
+        raise InvalidArgument(
+            f"{path}: byte offset {offset} (0x{byte:02x}) is not valid UTF-8 "
+            "(rule: CSV inputs are UTF-8 text; re-encode it, e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidArgument(f"{path}: not a readable CSV table ({first})") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidArgument(f"{path}: not a readable {path.suffix.lstrip('.')} file ({first})") from None
+
+
+def _first_invalid_utf8(path: Any, chunk: int = 1 << 20) -> tuple[int, int]:
+    """Offset and value of the first byte of ``path`` that is not valid UTF-8 (pandas reports
+    offsets within its own read buffer), read incrementally: files may be large."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    done = 0
+    with fsio.as_path(path).open("rb") as fh:
+        while True:
+            data = fh.read(chunk)
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as exc:  # exc.object = bytes held back from before + data
+                return done - (len(exc.object) - len(data)) + exc.start, exc.object[exc.start]
+            if not data:
+                return done, 0
+            done += len(data)
 
 
 def _split_genres(value: object, sep: str | None) -> list[str]:

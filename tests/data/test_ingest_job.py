@@ -164,3 +164,49 @@ def test_repaired_input_publishes_and_clears_quarantine(custom_logs, write_logs,
     paths = DataPaths(llmcf_home, "shop")
     assert storage.is_published(paths.samples(DAY))
     assert not list(paths.artifact("quarantine").glob(f"*/dt={DAY.isoformat()}"))
+
+
+def test_unreadable_user_files_end_in_one_line_naming_file_offset_and_rule(
+    custom_logs, write_logs, llmcf_home, tmp_path
+):
+    """A Latin-1 items file (a common export) or a broken Parquet file: exit 2, one stderr line
+    with the file, the byte offset and the rule, from a shell as a user meets it."""
+    import subprocess
+    import sys
+
+    from llmcf_core.config import REPO_ROOT
+
+    flags = write_logs(*custom_logs, fmt="csv")
+    items_path = flags[3]
+    with open(items_path, encoding="utf-8") as fh:
+        text = fh.read().replace("Beta", "Bêta")
+    with open(items_path, "wb") as fh:
+        fh.write(text.encode("latin-1"))
+    offset = text.encode("latin-1").index("ê".encode("latin-1"))
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        env = {**__import__("os").environ, "LLMCF_HOME": str(llmcf_home)}
+        cmd = [
+            sys.executable,
+            "-m",
+            "jobs.ingest",
+            "--dataset",
+            "shop",
+            "--partition",
+            DAY.isoformat(),
+            *argv,
+        ]
+        return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    done = run(*flags)
+    assert done.returncode == 2, done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert items_path in lines[0] and f"byte offset {offset} (0xea)" in lines[0] and "UTF-8" in lines[0]
+    assert not any(llmcf_home.rglob("dt=*"))
+
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 not really parquet")
+    done = run(flags[0], flags[1], "--items", str(broken))
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and str(broken) in lines[0], done.stderr
