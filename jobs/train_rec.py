@@ -23,9 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.train_rec", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True)
     parser.add_argument(
-        "--model", required=True, help="DIN, DeepFM, DCNv2, AutoInt, xDeepFM, DCN, SASRec, GRU4Rec"
+        "--model",
+        required=True,
+        help="DIN, DeepFM, DCNv2, AutoInt, xDeepFM, DCN, SASRec, GRU4Rec, SRGNN, YoutubeDNN",
     )
-    parser.add_argument("--variant", default="llmcf", help="base, llmcf, llmcf_wocot, llmcf_mean")
+    parser.add_argument(
+        "--variant",
+        default="llmcf",
+        help="base, base_notext, llmcf, llmcf_wocot, llmcf_mean, llmcf_k0, llmcf_random, llmcf_shufcot",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--until", help="last day (YYYY-MM-DD) of data to use; default: every published day")
     parser.add_argument("--partition", help="alias of --until (the DAG's partition)")
@@ -37,11 +43,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="retrain even if this version exists")
     parser.add_argument("--warm-start", action="store_true", help="start from the published model")
     parser.add_argument("--publish", action="store_true", help="run the publish gate after training")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a config field for this run, e.g. rec.user_features=false (repeatable)",
+    )
     parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
     args = parser.parse_args(argv)
 
     def body() -> dict:
-        from llmcf_core.config import load_config
+        from llmcf_core.config import load_config, with_overrides
         from llmcf_core.paths import InvalidArgument, check_dataset_name, parse_partition
         from llmcf_core.rec import registry
         from llmcf_core.rec.train import train
@@ -52,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         until = parse_partition(day) if day else None
         if args.max_epochs is not None and args.max_epochs < 1:
             raise InvalidArgument("--max-epochs must be >= 1")
-        settings = load_config(args.profile)
+        try:
+            settings = with_overrides(load_config(args.profile), args.set)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
         result = train(
             settings,
             check_dataset_name(args.dataset),

@@ -284,6 +284,7 @@ class RecConfig(_Strict):
     # Ranking backbones: the share of train rows whose user id is dropped to "unknown" (0), which
     # trains the embedding that users without train rows (most test users of a time split) get.
     user_dropout: float = Field(0.1, ge=0, lt=1)
+    user_features: bool = True  # the users table's side features as ranking fields, when it exists
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(2048, ge=1)
     max_epochs: int = Field(20, ge=1)

@@ -297,7 +297,8 @@ def load_tables(
     item_text[at[keep]] = vec[keep]
     items_without_text = int(len(item_ids) - keep.sum())
 
-    users = reader.read(paths.artifact("users")) if storage.is_published(paths.artifact("users")) else None
+    use_users = getattr(settings.rec, "user_features", True) and storage.is_published(paths.artifact("users"))
+    users = reader.read(paths.artifact("users")) if use_users else None
 
     # Samples.
     history_len = _history_len(settings, dataset, samples)

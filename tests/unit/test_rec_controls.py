@@ -261,3 +261,26 @@ def test_online_scoring_reads_the_users_table_or_the_request(settings):
     )
     unknown = scorer.score(ScoreRequest(999, [1, 2, 3], [4, 5, 6]))  # not in the table: all unknown
     assert np.isfinite(unknown).all()
+
+
+def test_user_features_can_be_switched_off(settings, tmp_path, capsys, monkeypatch):
+    off = settings.model_copy(update={"rec": settings.rec.model_copy(update={"user_features": False})})
+    tables = _tables(off)
+    assert tables.user_feat is None and tables.spec().user_feature_sizes == ()
+    assert tables.fingerprint != _tables(settings).fingerprint  # another input: another version
+    monkeypatch.setenv("LLMCF_HOME", str(settings.home))
+    argv = ["--dataset", "synth", "--models", "DIN", "--variants", "base", "--seeds", "1", "--workers", "0"]
+    argv += [
+        "--max-epochs",
+        "1",
+        "--embedder",
+        "synth-enc",
+        "--out",
+        str(tmp_path),
+        "--set",
+        "rec.user_features=false",
+    ]
+    assert experiment.main(argv) == 0
+    run = json.loads((tmp_path / "synth.json").read_text())["runs"][0]
+    assert "user_features" not in run["data"]
+    assert experiment.main([*argv[:-1], "rec.no_such_field=1"]) == 2
