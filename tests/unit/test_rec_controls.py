@@ -34,7 +34,8 @@ def _one_thread():
 def settings(tmp_path_factory):
     home = tmp_path_factory.mktemp("rec_controls_home")
     write_synthetic_dataset(home, "synth", n_users=16, n_items=20, days=(3, 1, 1), users=True)
-    return load_config_file(CONFIG_DIR / "local.yaml").model_copy(update={"home": home})
+    settings = load_config_file(CONFIG_DIR / "local.yaml").model_copy(update={"home": home})
+    return settings.model_copy(update={"rec": settings.rec.model_copy(update={"user_features": True})})
 
 
 def _tables(settings, task="ranking"):

@@ -30,6 +30,7 @@ def tables_by_task(tmp_path_factory):
     home = tmp_path_factory.mktemp("rec_models_home")
     write_synthetic_dataset(home, "synth", n_users=16, n_items=20, days=(3, 1, 1), users=True)
     settings = load_config_file(CONFIG_DIR / "local.yaml").model_copy(update={"home": home})
+    settings = settings.model_copy(update={"rec": settings.rec.model_copy(update={"user_features": True})})
     return {
         task: load_tables(settings, "synth", embedder="synth-enc", task=task)
         for task in ("ranking", "sequential")
