@@ -6,6 +6,7 @@ Exit codes are part of the contract with the Airflow operator: 2 = bad arguments
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -19,6 +20,28 @@ EXIT_BAD_ARGS = 2
 EXIT_CHECK_FAILED = 3
 
 SUMMARY_PREFIX = "LLMCF_RESULT "
+
+
+def add_overrides(parser: argparse.ArgumentParser, example: str = "rec.lr=1e-3") -> None:
+    """The ``--set SECTION.FIELD=VALUE`` option (repeatable) shared by the jobs."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help=f"override a config field for this run, e.g. {example} (repeatable)",
+    )
+
+
+def load_settings(profile: str | None, overrides: list[str]) -> Any:
+    """The profile's settings with ``--set`` overrides; a bad override is a bad argument (exit 2)."""
+    from llmcf_core.config import load_config, with_overrides
+    from llmcf_core.paths import InvalidArgument
+
+    try:
+        return with_overrides(load_config(profile), overrides)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 def setup_logging() -> None:

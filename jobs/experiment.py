@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jobs._cli import run_job
+from jobs._cli import add_overrides, load_settings, run_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,18 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, help="Ray Train workers per run (0 = in-process)")
     parser.add_argument("--max-epochs", type=int)
     parser.add_argument("--out", help="output folder (default docs/results in the checkout)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override a config field for this run, e.g. rec.user_features=false (repeatable)",
-    )
+    add_overrides(parser, "rec.user_features=true")
     parser.add_argument("--profile")
     args = parser.parse_args(argv)
 
     def body() -> dict:
-        from llmcf_core.config import REPO_ROOT, load_config, with_overrides
+        from llmcf_core.config import REPO_ROOT
         from llmcf_core.paths import InvalidArgument, check_dataset_name, parse_partition
         from llmcf_core.rec.backbones import model_class
         from llmcf_core.rec.experiment import run_experiment
@@ -63,10 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds < 1 or args.first_seed < 0:
             raise InvalidArgument("--seeds must be >= 1 and --first-seed >= 0")
         day = args.until or args.partition
-        try:
-            settings = with_overrides(load_config(args.profile), args.set)
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
+        settings = load_settings(args.profile, args.set)
         report = run_experiment(
             settings,
             check_dataset_name(args.dataset),

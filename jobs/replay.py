@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any
 
-from jobs._cli import run_job
+from jobs._cli import add_overrides, load_settings, run_job
 
 STAGES = ("samples", "cot", "embed", "neighbors")
 TASKS = ("ctr", "next_item")
@@ -91,18 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tasks", default="ctr", help="neighbour tasks: ctr (ranking), next_item (SASRec...)"
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override a config field for this replay, e.g. cot.pool_fraction=0.01 (repeatable)",
-    )
+    add_overrides(parser, "cot.pool_fraction=0.01")
     parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
     args = parser.parse_args(argv)
 
     def body() -> dict:
-        from llmcf_core.config import load_config, with_overrides
         from llmcf_core.paths import InvalidArgument, check_dataset_name, parse_partition
 
         dataset = check_dataset_name(args.dataset)
@@ -111,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             raise InvalidArgument(f"--to {end} is before --from {start}")
         stages = _csv(args.stages, STAGES, "--stages")
         tasks = _csv(args.tasks, TASKS, "--tasks")
-        try:
-            settings = with_overrides(load_config(args.profile), args.set)
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
+        settings = load_settings(args.profile, args.set)
         if "cot" in stages:
             from llmcf_core.cot.backend import reexec_for_vllm, resolve_backend
 

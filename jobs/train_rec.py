@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import run_job
+from jobs._cli import add_overrides, load_settings, run_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,18 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="retrain even if this version exists")
     parser.add_argument("--warm-start", action="store_true", help="start from the published model")
     parser.add_argument("--publish", action="store_true", help="run the publish gate after training")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override a config field for this run, e.g. rec.user_features=false (repeatable)",
-    )
+    add_overrides(parser, "rec.user_features=true")
     parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
     args = parser.parse_args(argv)
 
     def body() -> dict:
-        from llmcf_core.config import load_config, with_overrides
         from llmcf_core.paths import InvalidArgument, check_dataset_name, parse_partition
         from llmcf_core.rec import registry
         from llmcf_core.rec.train import train
@@ -65,10 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         until = parse_partition(day) if day else None
         if args.max_epochs is not None and args.max_epochs < 1:
             raise InvalidArgument("--max-epochs must be >= 1")
-        try:
-            settings = with_overrides(load_config(args.profile), args.set)
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
+        settings = load_settings(args.profile, args.set)
         result = train(
             settings,
             check_dataset_name(args.dataset),

@@ -6,18 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from jobs import experiment
 from llmcf_core.rec.synthetic import write_synthetic_dataset
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/unit/conftest.py
 
 
 def test_experiment_writes_table_plot_and_runs(llmcf_home, tmp_path, capsys):

@@ -21,12 +21,7 @@ from llmcf_core.rec.ict import (
 B, K, F, D, C = 3, 4, 12, 8, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/unit/conftest.py
 
 
 def _inputs(seed: int = 0):

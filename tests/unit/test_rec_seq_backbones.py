@@ -22,12 +22,7 @@ TEXT_DIM = 8
 HP = HParams(seq_hidden=32, ict_width_sequential=32, n_negatives=8, lr=0.01)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/unit/conftest.py
 
 
 def _spec(n_items: int = N_ITEMS, history_len: int = L) -> DataSpec:

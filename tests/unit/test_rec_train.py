@@ -22,12 +22,7 @@ from llmcf_core.rec.train import LocalIO, RunSpec, fit
 EMBEDDER = "synth-enc"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/unit/conftest.py
 
 
 @pytest.fixture
