@@ -335,7 +335,8 @@ def _markdown(
 ) -> str:
     first = next((r for r in runs if "pool_rows" in r["data"]), runs[0])  # an llmcf run knows the pool
     data = first["data"]
-    cot = _current_cot(settings, dataset)
+    with_icl = any(needs_neighbors(r["variant"]) for r in runs)
+    cot = _current_cot(settings, dataset) if with_icl else "none (no run reads examples)"
     lines = [
         f"# Results: {dataset}",
         "",
@@ -427,7 +428,8 @@ def _markdown(
             )
             lines += [verdict, ""]
         lines += _comparison_lines(task, comparisons, summary)
-    lines += _cot_quality_lines(settings, dataset)
+    if any(needs_neighbors(r["variant"]) for r in runs):  # only runs with examples read CoTs
+        lines += _cot_quality_lines(settings, dataset)
     lines += [f"![lift over base by model and variant]({png_name})", ""]
     lines += ["Runs (model folders under `$LLMCF_HOME/models/rec/<model>-<variant>/<version>/`):", ""]
     lines += [f"- {r['model']}-{r['variant']} seed {r['seed']}: `{r['version']}`" for r in runs]
