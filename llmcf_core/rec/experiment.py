@@ -128,14 +128,15 @@ def run_experiment(
                         "fingerprint": m["fingerprint"],
                         "embedder": m["embedder"],
                         "valid_source": m["valid_source"],
-                        "folder": str(result.path),
+                        # relative to $LLMCF_HOME: the table must not name one machine's paths
+                        "folder": _relative(result.path, settings.home),
                         "command": command,
                     }
                 )
     runs, dropped = merge_runs(earlier, runs)
     counted = _baselines(settings, dataset, {r["task"] for r in runs}, until, embedder)
     summary = _summarise(runs)
-    comparisons = _comparisons(runs, summary)
+    comparisons = _comparisons(runs, summary, settings.home)
     fsio.write_text_atomic(
         runs_path,
         json.dumps(
@@ -158,6 +159,13 @@ def run_experiment(
         runs_path,
         {"runs": len(runs), "cells": len(summary), "dropped_stale_runs": dropped},
     )
+
+
+def _relative(folder: Any, home: Any) -> str:
+    try:
+        return str(Path(str(folder)).relative_to(str(fsio.as_path(home))))
+    except ValueError:
+        return str(folder)
 
 
 def _earlier_runs(path: Path) -> list[dict[str, Any]]:
@@ -231,13 +239,13 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, An
 class _Predictions:
     """Each run's test predictions, aligned on one task's test rows, resampled once per subset."""
 
-    def __init__(self, runs: list[dict[str, Any]]) -> None:
+    def __init__(self, runs: list[dict[str, Any]], home: Any) -> None:
         self.values: dict[tuple[str, str, int], np.ndarray] = {}
         self.ref: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # task: ids, labels, cold
         self.cache: dict[tuple, stats.Resampled] = {}
         self.missing: list[str] = []
         for r in sorted(runs, key=lambda r: (r["model"], r["variant"], r["seed"])):
-            path = Path(r.get("folder") or "") / registry.PREDICTIONS_FILE
+            path = fsio.as_path(home) / (r.get("folder") or "") / registry.PREDICTIONS_FILE
             if not r.get("folder") or not path.is_file():
                 self.missing.append(f"{r['model']}-{r['variant']} seed {r['seed']}")
                 continue
@@ -285,9 +293,9 @@ def _pairs(variants: list[str]) -> list[tuple[str, str]]:
 
 
 def _comparisons(
-    runs: list[dict[str, Any]], summary: dict[tuple[str, str], dict[str, Any]]
+    runs: list[dict[str, Any]], summary: dict[tuple[str, str], dict[str, Any]], home: Any
 ) -> list[dict[str, Any]]:
-    preds = _Predictions(runs)
+    preds = _Predictions(runs, home)
     out = []
     models = list(dict.fromkeys(m for m, _ in summary))
     for model in models:
