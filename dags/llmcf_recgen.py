@@ -202,28 +202,15 @@ with DAG(
         )
 
         @task(retries=0)
-        def check(resolved: dict) -> dict:
-            """Gate: the instruction data is published and its recorded checks passed."""
-            from llmcf_core.llm import instructions as instr
-            from llmcf_core.paths import InvalidArgument, parse_partition
+        def check(job: dict | None) -> dict:
+            """Gate: the instruction data the build job wrote (its LLMCF_RESULT ``path``) is published
+            and its recorded checks passed."""
             from llmcf_core.storage import read_manifest
 
-            params = get_current_context()["params"]
-            try:
-                spec = instr.InstructionSpec.from_settings(
-                    SETTINGS,
-                    params["dataset"],
-                    parse_partition(resolved["window_end"]),
-                    window_days=params["window_days"],
-                    mix=params["mix"],
-                    base_model=params["base_model"],
-                    max_length=params["max_length"],
-                    rec_max_examples=params["rec_max"],
-                    general_max_examples=params["general_max"],
-                )
-                folder = instr.locate(SETTINGS, spec)
-            except InvalidArgument as exc:
-                raise AirflowFailException(str(exc)) from exc
+            result = (job or {}).get("result") or {}
+            folder = result.get("path")
+            if not folder:
+                raise AirflowFailException(f"the build job's LLMCF_RESULT names no path: {job!r}")
             manifest = read_manifest(folder) or {}
             if not (manifest.get("checks") or {}).get("success"):
                 raise AirflowFailException(f"{folder} was published without a passing check")
@@ -233,7 +220,7 @@ with DAG(
                 "label_balance": manifest.get("label_balance"),
             }
 
-        checked = check(resolved)
+        checked = check(build.output)
         build >> checked
 
     finetune = RayJobOperator(

@@ -99,6 +99,23 @@ def _gate(verify, *args, **kwargs) -> dict:
         raise AirflowFailException(str(exc)) from exc
 
 
+def _job_result(job: dict | None, *keys: str) -> dict:
+    """The ``LLMCF_RESULT`` a stage's Ray job printed (the operator's XCom ``result``), which must name
+    ``keys``: gates check what the job says it wrote instead of working the paths out again."""
+    result = (job or {}).get("result")
+    if not isinstance(result, dict):
+        raise AirflowFailException(f"the Ray job returned no LLMCF_RESULT (XCom {job!r})")
+    missing = [k for k in keys if not result.get(k)]
+    if missing:
+        raise AirflowFailException(f"the Ray job's LLMCF_RESULT lacks {missing}: {result}")
+    return result
+
+
+# The CoT version this run's CoT task wrote and checked (MODEL__PROMPT); empty when the cot stage was
+# not selected in this run, and then embed and retrieve read the dataset's current version.
+COT_VERSION = "{{ (ti.xcom_pull(task_ids='cot.check_cot') or {}).get('cot_version') or '' }}"
+
+
 def _ray_job(task_id: str, stage: str, job: str, args: list[str], doc: str) -> RayJobOperator:
     return RayJobOperator(
         task_id=task_id,
@@ -208,16 +225,14 @@ with DAG(
         )
 
         @task(outlets=[samples_asset], retries=0)
-        def check_samples(partition: str) -> dict:
-            """Gate: the samples partition is published and its recorded checks passed."""
-            from llmcf_core.paths import DataPaths, parse_partition
+        def check_samples(partition: str, job: dict | None) -> dict:
+            """Gate: the samples partition the ingest job wrote is published and its checks passed."""
             from llmcf_core.storage import read_manifest
 
-            params = get_current_context()["params"]
-            folder = DataPaths(SETTINGS.home, params["dataset"]).samples(parse_partition(partition))
-            return _gate(lambda: verify_published(read_manifest(folder), str(folder), partition))
+            folder = _job_result(job, "samples_path")["samples_path"]
+            return _gate(lambda: verify_published(read_manifest(folder), folder, partition))
 
-        samples_checked = check_samples(part)
+        samples_checked = check_samples(part, ingest.output)
         part >> ingest >> samples_checked
 
     with TaskGroup("cot", tooltip="Chain-of-thought texts for the day's training samples"):
@@ -231,15 +246,25 @@ with DAG(
         )
 
         @task(outlets=[cot_asset], retries=0)
-        def check_cot(partition: str) -> dict:
-            """Gate: the day's current CoT version is published with passing checks."""
-            from llmcf_core.cot.layout import verify_cot_published
+        def check_cot(partition: str, job: dict | None) -> dict:
+            """Gate: the CoT version the job wrote for the day is published with passing checks;
+            returns it as ``cot_version`` for embed and retrieve."""
+            from llmcf_core.cot.layout import verify_cot_published, version_name
 
+            result = _job_result(job, "model_version", "prompt_version")
             params = get_current_context()["params"]
-            return _gate(verify_cot_published, SETTINGS.home, params["dataset"], partition)
+            checked = _gate(
+                verify_cot_published,
+                SETTINGS.home,
+                params["dataset"],
+                partition,
+                result["model_version"],
+                result["prompt_version"],
+            )
+            return {**checked, "cot_version": version_name(result["model_version"], result["prompt_version"])}
 
         samples_checked >> generate_cot
-        cot_checked = check_cot(part)
+        cot_checked = check_cot(part, generate_cot.output)
         generate_cot >> cot_checked
 
     with TaskGroup("embed", tooltip="Embed the CoT pool and upsert it into Qdrant"):
@@ -247,21 +272,23 @@ with DAG(
             "embed_upsert",
             "embed",
             "embed_upsert",
-            [],
+            ["--cot-version", COT_VERSION],
             "Ray job `python -m jobs.embed_upsert`: sentence-encoder embeddings on Ray Data, idempotent "
             "upserts (UUID5 ids) into the collection behind alias `llmcf_<dataset>`, count-checked.",
         )
 
         @task(outlets=[pool_asset], retries=0)
-        def check_pool(partition: str) -> dict:
-            """Gate: pool embeddings published, checks and Qdrant counts passed."""
+        def check_pool(partition: str, job: dict | None) -> dict:
+            """Gate: pool embeddings published from the CoT version the job used, checks and Qdrant
+            counts passed."""
             from llmcf_core.retrieval.gates import verify_pool_published
 
+            version = _job_result(job, "cot_version")["cot_version"]
             params = get_current_context()["params"]
-            return _gate(verify_pool_published, SETTINGS, params["dataset"], partition)
+            return _gate(verify_pool_published, SETTINGS, params["dataset"], partition, version)
 
         cot_checked >> embed_upsert
-        pool_checked = check_pool(part)
+        pool_checked = check_pool(part, embed_upsert.output)
         embed_upsert >> pool_checked
 
     with TaskGroup("neighbors", tooltip="Leakage-safe in-context examples for every sample of the day"):
@@ -269,21 +296,30 @@ with DAG(
             "retrieve",
             "neighbors",
             "retrieve",
-            [],
+            ["--cot-version", COT_VERSION],
             "Ray job `python -m jobs.retrieve`: K label-balanced earlier examples per sample (exact), "
             "leakage rules verified, agreement with Qdrant measured, padded share bounded.",
         )
 
         @task(outlets=[neighbors_asset], retries=0)
-        def check_neighbors(partition: str) -> dict:
-            """Gate: neighbours published with passing checks (leakage rules included)."""
+        def check_neighbors(partition: str, job: dict | None) -> dict:
+            """Gate: the neighbours the job wrote are published with passing checks (leakage rules
+            included), from the CoT version of the pool it searched."""
             from llmcf_core.retrieval.gates import verify_neighbors_published
 
+            result = _job_result(job, "task", "cot_version")
             params = get_current_context()["params"]
-            return _gate(verify_neighbors_published, SETTINGS, params["dataset"], partition)
+            return _gate(
+                verify_neighbors_published,
+                SETTINGS,
+                params["dataset"],
+                partition,
+                result["task"],
+                result["cot_version"],
+            )
 
         pool_checked >> retrieve
-        neighbors_checked = check_neighbors(part)
+        neighbors_checked = check_neighbors(part, retrieve.output)
         retrieve >> neighbors_checked
 
     with TaskGroup("recommender", tooltip="Retrain, evaluate and (maybe) publish the recommender"):
@@ -314,34 +350,33 @@ with DAG(
             "Ray Train (DDP) on samples + neighbours + CoT embeddings up to this day, warm-started from "
             "the published model; early stopping on validation AUC.",
         )
-        variants = [AF.rec_variant]
         if AF.rec_control_variant:
             train_control = _train(
                 "train_control",
                 AF.rec_control_variant,
                 "the control, the same backbone on the same data without in-context examples.",
             )
-            variants.append(AF.rec_control_variant)
 
         @task(outlets=[rec_asset], retries=0)
-        def evaluate(partition: str) -> dict:
-            """Publish gate, per trained variant: publish only if validation AUC beats the counting
-            baseline and is not worse than the current model's. Returns each decision."""
-            from llmcf_core.rec.registry import publish_partition
+        def evaluate(partition: str, jobs: list[dict | None]) -> dict:
+            """Publish gate, per trained variant: publish the version the train job reports only if
+            its validation AUC beats the counting baseline and is not worse than the current model's.
+            Returns each decision."""
+            from llmcf_core.rec.registry import publish_gate
 
-            params = get_current_context()["params"]
-            return {
-                variant: _gate(
-                    publish_partition,
+            decisions = {}
+            for job in jobs:
+                result = _job_result(job, "dataset", "model", "variant", "version")
+                decisions[result["variant"]] = _gate(
+                    publish_gate,
                     SETTINGS.home,
-                    params["dataset"],
-                    params["rec_model"],
-                    variant,
-                    partition,
+                    result["dataset"],
+                    result["model"],
+                    result["variant"],
+                    result["version"],
                     tolerance=SETTINGS.rec.publish_tolerance,
                 ).to_dict()
-                for variant in variants
-            }
+            return decisions
 
         due = due_for_retrain(part)
         # One Ray Train run at a time (each takes the workers of a small cluster): control first.
@@ -349,4 +384,5 @@ with DAG(
         neighbors_checked >> due >> first
         if AF.rec_control_variant:
             train_control >> train_rec
-        train_rec >> evaluate(part)
+        trained = [train_rec.output] + ([train_control.output] if AF.rec_control_variant else [])
+        train_rec >> evaluate(part, trained)

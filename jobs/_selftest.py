@@ -1,12 +1,14 @@
 """Tiny job for the Ray operator's integration tests: print N lines, sleep, exit with a given code.
 
 ``python -m jobs._selftest --lines 3 --sleep 0 --exit-code 0``. Lines are flushed one by one so log
-streaming can be observed while the job runs.
+streaming can be observed while the job runs; a successful run ends with an ``LLMCF_RESULT`` line
+like every job.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -23,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.sleep > 0:
         time.sleep(args.sleep)
     print(f"{args.tag} exiting with code {args.exit_code}", flush=True)
+    if args.exit_code == 0:  # like every job (jobs/_cli.py run_job): one result line at the end
+        print(
+            "LLMCF_RESULT " + json.dumps({"job": "_selftest", "tag": args.tag, "lines": args.lines}),
+            flush=True,
+        )
     return args.exit_code
 
 

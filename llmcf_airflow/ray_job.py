@@ -52,6 +52,10 @@ MAX_ATTEMPTS = 100
 # "Job entrypoint command failed with exit code 3, last available logs (truncated to 20,000 chars):\n..."
 _EXIT_CODE_RE = re.compile(r"failed with exit code (-?\d+)")
 _JOB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# Every job under jobs/ ends by printing one line ``LLMCF_RESULT {json}`` (jobs/_cli.py run_job): what
+# it wrote (paths, partition, rows, versions). The operator returns the last such line as the task's
+# XCom ``result``, so later tasks take the job's own answer instead of working it out again.
+RESULT_PREFIX = "LLMCF_RESULT "
 
 
 class RayJobError(AirflowException):
@@ -183,6 +187,28 @@ def get_job_info_or_none(client: JobSubmissionClient, submission_id: str) -> Job
         if _is_not_found(exc):
             return None
         raise
+
+
+def parse_result(lines: Sequence[str] | str) -> dict | None:
+    """The job's result: the JSON object of the last ``LLMCF_RESULT {...}`` line, or None.
+
+    A line that starts with the prefix but does not hold a JSON object is an error of the job, not of
+    the logs: it raises ``ValueError`` naming the line, so a broken result never passes as "no result".
+    """
+    if isinstance(lines, str):
+        lines = lines.splitlines()
+    for line in reversed(lines):
+        text = line.strip()
+        if not text.startswith(RESULT_PREFIX):
+            continue
+        try:
+            value = json.loads(text[len(RESULT_PREFIX) :])
+        except ValueError as exc:
+            raise ValueError(f"unreadable {RESULT_PREFIX.strip()} line ({exc}): {text[:200]!r}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{RESULT_PREFIX.strip()} is not a JSON object: {text[:200]!r}")
+        return value
+    return None
 
 
 def _enum_value(value: Any) -> str | None:
@@ -317,6 +343,8 @@ class JobWatcher:
         self.fetch_logs = fetch_logs
         self.max_poll_errors = max_poll_errors
         self.tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        # The last LLMCF_RESULT line seen; kept apart from the tail so later log lines cannot push it out.
+        self.result_line: str | None = None
         self._client: JobSubmissionClient | None = None
         self.error_grace_s = error_grace_s
         self._errors = 0
@@ -342,6 +370,10 @@ class JobWatcher:
         self.log_offset += len(chunk)
         lines = chunk.splitlines()
         self.tail.extend(lines)
+        for line in reversed(lines):
+            if line.strip().startswith(RESULT_PREFIX):
+                self.result_line = line
+                break
         return lines
 
     def event(self, status: str, message: str, info: JobDetails | None = None, **extra: Any) -> dict:
@@ -355,6 +387,7 @@ class JobWatcher:
             "error_type": _enum_value(getattr(info, "error_type", None)),
             "log_tail": list(self.tail),
             "log_offset": self.log_offset,
+            "result_line": self.result_line,
             **extra,
         }
 
@@ -437,11 +470,17 @@ def raise_for_event(event: dict) -> dict:
     """Map a terminal event to the task outcome: the XCom dict, or the right exception."""
     status = event["status"]
     if status == "SUCCEEDED":
+        line = event.get("result_line")
+        try:
+            result = parse_result([line] if line else [])
+        except ValueError as exc:
+            raise AirflowFailException(f"Ray job {event['submission_id']} succeeded but {exc}") from None
         return {
             "submission_id": event["submission_id"],
             "status": status,
             "job_url": event["job_url"],
             "dashboard_url": event["dashboard_url"],
+            "result": result,
         }
     text = format_failure(event)
     if status == "FAILED" and event.get("exit_code") in NON_RETRYABLE_EXIT_CODES:
@@ -671,7 +710,10 @@ class RayJobOperator(BaseOperator):
         self._remember(context, dashboard_url, sid)
         self.log.info("Ray job %s: %s", sid, self._ray_job_url)
         if attempt.action == "already_succeeded":
-            return {**raise_for_event(JobWatcher(sid, dashboard_url).event("SUCCEEDED", "")), "reused": True}
+            # The earlier run's result line: read its whole log once (the job is over, the log is final).
+            watcher = JobWatcher(sid, dashboard_url)
+            watcher._new_lines(final=True)
+            return {**raise_for_event(watcher.event("SUCCEEDED", "")), "reused": True}
 
         started = (attempt.info.start_time or time.time() * 1000) / 1000.0
         deadline = started + job_timeout

@@ -191,31 +191,3 @@ def publish_gate(
         baseline=floor.get("name"),
         baseline_value=floor_value,
     )
-
-
-def trained_version(
-    home: Path, dataset: str, model: str, variant: str, until: str | None, seed: int = 0
-) -> str | None:
-    """The newest complete version trained on ``dataset`` up to ``until`` with ``seed`` (what a
-    DAG task that ran ``jobs.train_rec --partition <until>`` produced)."""
-    prefix = f"{check_dataset_name(dataset)}-{until or 'all'}-s{seed}-"
-    folders = [
-        p
-        for p in model_dir(home, model, variant).glob(f"{prefix}*")
-        if p.is_dir() and is_complete(p) and p.name[len(prefix) :].isalnum()
-    ]
-    if not folders:
-        return None
-    return max(folders, key=lambda p: fsio.mtime(p / METRICS_FILE)).name
-
-
-def publish_partition(
-    home: Path, dataset: str, model: str, variant: str, partition: str, *, tolerance: float, seed: int = 0
-) -> GateDecision:
-    """The DAG's ``evaluate`` step: gate the version ``jobs.train_rec --partition`` just wrote."""
-    version = trained_version(home, dataset, model, variant, partition, seed)
-    if version is None:
-        raise InvalidArgument(
-            f"no trained {model}-{variant} version for {dataset} up to {partition} (seed {seed})"
-        )
-    return publish_gate(home, dataset, model, variant, version, tolerance=tolerance)

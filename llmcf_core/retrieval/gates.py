@@ -35,8 +35,21 @@ def _manifest(folder: Any, partition: str) -> dict[str, Any]:
     return manifest
 
 
-def verify_pool_published(settings: Settings, dataset: str, partition: str) -> dict[str, Any]:
-    """The day's pool is published with passed ``checks`` (pool) and ``qdrant`` (counts) reports."""
+def _check_cot_version(manifest: dict[str, Any], expected: str | None, where: str) -> str:
+    """The CoT version (MODEL__PROMPT) the artifact was built from; must be ``expected`` when given
+    (the version the run's CoT task wrote: a mismatch means the stage read another version)."""
+    spec = manifest.get("spec") or {}
+    built = f"{spec.get('cot_model_version')}__{spec.get('cot_prompt_version')}"
+    if expected and built != expected:
+        raise InvalidArgument(f"{where} was built from CoT version {built}, not this run's {expected}")
+    return built
+
+
+def verify_pool_published(
+    settings: Settings, dataset: str, partition: str, cot_version: str | None = None
+) -> dict[str, Any]:
+    """The day's pool is published with passed ``checks`` (pool) and ``qdrant`` (counts) reports,
+    built from CoT version ``cot_version`` when given."""
     paths = RetrievalPaths(settings.home, dataset, settings.embedding.embedder)
     folder = paths.pool(parse_partition(partition))
     manifest = _manifest(folder, partition)
@@ -50,14 +63,15 @@ def verify_pool_published(settings: Settings, dataset: str, partition: str) -> d
         "rows": manifest.get("rows"),
         "sha256": manifest.get("sha256"),
         "collection": manifest.get("collection"),
-        "cot_version": f"{spec.get('cot_model_version')}__{spec.get('cot_prompt_version')}",
+        "cot_version": _check_cot_version(manifest, cot_version, str(folder)),
     }
 
 
 def verify_neighbors_published(
-    settings: Settings, dataset: str, partition: str, task: str = "ctr"
+    settings: Settings, dataset: str, partition: str, task: str = "ctr", cot_version: str | None = None
 ) -> dict[str, Any]:
-    """The day's neighbours are published with passed ``checks`` and ``agreement`` reports."""
+    """The day's neighbours are published with passed ``checks`` and ``agreement`` reports, built
+    from CoT version ``cot_version`` when given."""
     paths = RetrievalPaths(settings.home, dataset, settings.embedding.embedder)
     folder = paths.neighbors(parse_partition(partition), task)
     manifest = _manifest(folder, partition)
@@ -72,4 +86,5 @@ def verify_neighbors_published(
         "sha256": manifest.get("sha256"),
         "padded_share": manifest.get("padded_share"),
         "collection": manifest.get("collection"),
+        "cot_version": _check_cot_version(manifest, cot_version, str(folder)),
     }

@@ -152,6 +152,7 @@ def retrieve_partition(
         "dataset": dataset,
         "partition": day.isoformat(),
         "task": task,
+        "cot_version": spec.cot.folder,
         "path": str(published.path),
         "rows": published.rows,
         "changed": published.changed,

@@ -277,6 +277,20 @@ def test_trigger_fail_repair_clear_backfill(deployment):
     run = api.trigger(DAG_ID, DAYS[0].isoformat(), CONF)
     assert api.wait_for_run(DAG_ID, run["dag_run_id"], timeout=300) == "success"
     assert storage.read_manifest(paths.samples(DAYS[0]))["rows"] == 15
+    # The CoT version flows forward from the CoT job's own result (its LLMCF_RESULT line, the
+    # operator's XCom) through check_cot into the embed and retrieve jobs' arguments.
+    from llmcf_core.cot.layout import read_current, version_name
+
+    current = read_current(paths)
+    version = version_name(current["model_version"], current["prompt_version"])
+    entrypoints = {
+        j.submission_id.split("__")[1]: j.entrypoint
+        for j in job_client(deployment["ray"].dashboard_url).list_jobs()
+        if (j.submission_id or "").startswith(f"{DAG_ID}__")
+        and f"__{DAYS[0].isoformat()}__" in j.submission_id
+    }
+    for task in ("embed-embed_upsert", "neighbors-retrieve"):
+        assert f"--cot-version {version}" in entrypoints[task], entrypoints
 
     # D2, D3: corrupted input fails at the data check, once (no retries), publishing nothing.
     _corrupt(inter).to_csv(deployment["inputs"] / "interactions.csv", index=False)

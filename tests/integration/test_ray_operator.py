@@ -26,6 +26,7 @@ from llmcf_airflow.ray_job import (
     attempt_id,
     build_entrypoint,
     job_client,
+    parse_result,
     resolve_dashboard_url,
     submission_id_for,
 )
@@ -88,6 +89,16 @@ def test_submission_id_is_deterministic_and_ray_safe() -> None:
         build_entrypoint("ingest; rm -rf /")
 
 
+def test_parse_result_takes_the_last_result_line_and_refuses_a_broken_one() -> None:
+    log = 'starting\nLLMCF_RESULT {"rows": 1}\nnoise\nLLMCF_RESULT {"rows": 2, "path": "/x"}\nbye\n'
+    assert parse_result(log) == {"rows": 2, "path": "/x"}
+    assert parse_result(["no result here"]) is None
+    with pytest.raises(ValueError, match="unreadable LLMCF_RESULT line"):
+        parse_result(["LLMCF_RESULT {not json"])
+    with pytest.raises(ValueError, match="not a JSON object"):
+        parse_result(["LLMCF_RESULT [1, 2]"])
+
+
 def test_resolve_dashboard_url_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_ADDRESS", "http://10.0.0.1:8265/")
@@ -110,6 +121,8 @@ def test_success_streams_logs_and_returns_xcom(ray_head, capfd: pytest.CaptureFi
     result = op.execute({"ti": ti})
     assert result["status"] == "SUCCEEDED"
     assert result["job_url"] == f"{ray_head.dashboard_url}/#/jobs/{result['submission_id']}"
+    # The job's own LLMCF_RESULT line comes back as the task's result.
+    assert result["result"] == {"job": "_selftest", "tag": "ok-sync", "lines": 3}
     assert ti.xcoms["_link_RayJobLink"] == result["job_url"]
     out = capfd.readouterr().out
     for i in (1, 2, 3):
@@ -142,11 +155,14 @@ def test_retry_reattaches_then_reuses_success(ray_head) -> None:
     event = _run_trigger(second.value.trigger)
     assert event["status"] == "SUCCEEDED"
     assert any("attach line 2/2" in line for line in event["log_tail"])
-    assert op.execute_complete({"ti": FakeTI()}, event)["submission_id"] == sid
+    completed = op.execute_complete({"ti": FakeTI()}, event)
+    assert completed["submission_id"] == sid
+    assert completed["result"] == {"job": "_selftest", "tag": "attach", "lines": 2}
 
     # After success, running again submits nothing new.
     again = _operator("attach", sleep=3).execute({"ti": FakeTI(try_number=3)})
     assert again == {**again, "status": "SUCCEEDED", "submission_id": sid, "reused": True}
+    assert again["result"] == completed["result"]  # read back from the earlier run's log
     assert _jobs_with_prefix(ray_head.dashboard_url, sid) == [sid]
 
 

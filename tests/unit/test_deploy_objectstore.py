@@ -205,7 +205,6 @@ def test_rec_registry_publishes_on_an_object_store(bucket, tmp_path) -> None:
     assert (
         decision.published and rec_registry.current_version(home, "ds", "DIN", "base") == "ds-all-s0-abc123"
     )
-    assert rec_registry.trained_version(home, "ds", "DIN", "base", None) == "ds-all-s0-abc123"
 
 
 def test_recgen_registry_refuses_then_publishes_on_an_object_store(bucket) -> None:

@@ -168,20 +168,25 @@ def test_vocab_roundtrip_and_unknown_ids(rec_settings):
     assert load_version(seq.path).meta["hparams"]["lr"] == pytest.approx(1e-3)  # SASRec's own (lr_overrides)
 
 
-def test_publish_partition_finds_the_version_the_job_wrote(rec_settings):
+def test_train_job_result_names_the_version_the_publish_gate_takes(rec_settings, capsys):
+    """The DAG's evaluate task gates the version the train job reports in its LLMCF_RESULT line."""
     from llmcf_core.rec.synthetic import FIRST_DAY
-    from llmcf_core.rec.train import train
 
     day = FIRST_DAY.replace(day=FIRST_DAY.day + 4)
-    result = train(rec_settings, "synth", "DCN", "llmcf_wocot", workers=0, max_epochs=1, until=day)
-    home = rec_settings.home
-    assert registry.trained_version(home, "synth", "DCN", "llmcf_wocot", day.isoformat()) == result.version
-    decision = registry.publish_partition(
-        home, "synth", "DCN", "llmcf_wocot", day.isoformat(), tolerance=0.002
+    args = ["--dataset", "synth", "--model", "DCN", "--variant", "llmcf_wocot", "--workers", "0"]
+    args += ["--max-epochs", "1", "--partition", day.isoformat(), "--embedder", EMBEDDER]
+    assert train_rec.main(args) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("LLMCF_RESULT ")][-1]
+    result = json.loads(line.removeprefix("LLMCF_RESULT "))
+    assert (result["dataset"], result["model"], result["variant"]) == ("synth", "DCN", "llmcf_wocot")
+    assert registry.is_complete(
+        registry.version_dir(rec_settings.home, "DCN", "llmcf_wocot", result["version"])
     )
-    assert decision.published and decision.version == result.version
-    with pytest.raises(Exception, match="no trained"):
-        registry.publish_partition(home, "synth", "DCN", "llmcf_wocot", "2030-01-01", tolerance=0.002)
+    decision = registry.publish_gate(
+        rec_settings.home, "synth", "DCN", "llmcf_wocot", result["version"], tolerance=0.002
+    )
+    # The gate judged exactly that version (published or not: one epoch of the job's config).
+    assert decision.version == result["version"] and decision.reason
 
 
 def test_checkpoint_directory_gives_each_reader_its_own_copy(tmp_path):

@@ -86,9 +86,25 @@ def test_gates_read_manifests_only(settings, llmcf_home):
     day = dt.date(1998, 1, 15)
     with pytest.raises(InvalidArgument, match="not published"):
         gates.verify_pool_published(settings, "ml-100k", "1998-01-15")
-    spec = {"embedder": settings.embedding.embedder, "dim": settings.embedding.dim}
+    spec = {
+        "embedder": settings.embedding.embedder,
+        "dim": settings.embedding.dim,
+        "cot_model_version": "m1",
+        "cot_prompt_version": "v1",
+    }
     _publish(paths.pool(day), partition="1998-01-15", qdrant={"success": True}, spec=spec, collection="c")
     assert gates.verify_pool_published(settings, "ml-100k", "1998-01-15")["collection"] == "c"
+    # A run that wrote CoT version m2__v1 refuses a pool built from another version.
+    assert gates.verify_pool_published(settings, "ml-100k", "1998-01-15", "m1__v1")["cot_version"] == "m1__v1"
+    with pytest.raises(InvalidArgument, match="built from CoT version m1__v1, not this run's m2__v1"):
+        gates.verify_pool_published(settings, "ml-100k", "1998-01-15", "m2__v1")
     _publish(paths.neighbors(day), partition="1998-01-15", agreement={"success": False, "failures": []}, k=4)
     with pytest.raises(InvalidArgument, match="'agreement' did not pass"):
         gates.verify_neighbors_published(settings, "ml-100k", "1998-01-15")
+    meta = {"checks": {"success": True}, "agreement": {"success": True}, "k": settings.retrieval.k}
+    storage.publish_table(
+        pa.table({"x": [2]}), paths.neighbors(day), {**meta, "partition": "1998-01-15", "spec": spec}
+    )
+    assert gates.verify_neighbors_published(settings, "ml-100k", "1998-01-15", "ctr", "m1__v1")["rows"] == 1
+    with pytest.raises(InvalidArgument, match="not this run's m2__v1"):
+        gates.verify_neighbors_published(settings, "ml-100k", "1998-01-15", "ctr", "m2__v1")
