@@ -68,10 +68,10 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 ray-start: setup
-	$(PY) -m llmcf_core.localray start
+	$(PY) -m jobs.ray_head start
 
 ray-stop: setup
-	$(PY) -m llmcf_core.localray stop
+	$(PY) -m jobs.ray_head stop
 
 # The Airflow UI over the demo's runs: http://127.0.0.1:8080 (user admin, password printed).
 airflow-ui: setup

@@ -3,7 +3,7 @@
     python -m jobs.generate_cot --dataset ml-100k --partition 1998-01-15
     python -m jobs.generate_cot --dataset ml-1m --partition 2000-12-01 --model recgen:latest --backend vllm
     python -m jobs.generate_cot --dataset ml-100k --partition 1998-01-15 \
-        --set pool_fraction=0.1 --set max_new_tokens=128 --no-promote
+        --set cot.pool_fraction=0.1 --set cot.max_new_tokens=128 --no-promote
 
 Reruns are cheap and safe: finished samples and committed blocks are kept (see docs/cot.md).
 """
@@ -13,27 +13,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import run_job
+from jobs._cli import add_overrides, load_settings, run_job
 
 
-def _overrides(pairs: list[str]) -> dict:
-    from llmcf_core.config import parse_override
-    from llmcf_core.paths import InvalidArgument
-
-    try:
-        return dict(parse_override(pair) for pair in pairs)
-    except ValueError as exc:
-        raise InvalidArgument(str(exc)) from None
-
-
-def cot_settings(base, model: str | None, backend: str | None, promote: bool | None, pairs: list[str]):
-    """The ``cot`` config with command-line overrides applied and validated."""
+def cot_settings(base, model: str | None, backend: str | None, promote: bool | None):
+    """The ``cot`` config (``--set`` overrides already applied) with the job's own options."""
     from pydantic import ValidationError
 
     from llmcf_core.config import CotConfig
     from llmcf_core.paths import InvalidArgument
 
-    update = _overrides(pairs)
+    update: dict = {}
     if model:
         update["model"] = model
     if backend:
@@ -63,26 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     promote.add_argument(
         "--no-promote", dest="promote", action="store_false", help="leave cot/CURRENT as it is"
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a cot config field (repeatable)",
-    )
+    add_overrides(parser, "cot.pool_fraction=0.1")
     parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
     args = parser.parse_args(argv)
 
     def body() -> dict:
-        from llmcf_core.config import load_config
         from llmcf_core.cot.backend import reexec_for_vllm, resolve_backend
         from llmcf_core.cot.pipeline import generate_cot_partition
         from llmcf_core.paths import check_dataset_name, parse_partition
 
         day = parse_partition(args.partition)
         dataset = check_dataset_name(args.dataset)
-        settings = load_config(args.profile)
-        cot = cot_settings(settings.cot, args.model, args.backend, args.promote, args.set)
+        settings = load_settings(args.profile, args.set)
+        cot = cot_settings(settings.cot, args.model, args.backend, args.promote)
         # Only from the command line: called in-process (argv given) it never replaces its caller.
         if argv is None and resolve_backend(cot) == "vllm":
             reexec_for_vllm(cot, "jobs.generate_cot", sys.argv[1:])

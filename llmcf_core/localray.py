@@ -8,13 +8,11 @@ would stop every Ray process on the machine).
 
 No Airflow import here; the Airflow side lives in ``llmcf_airflow.ray_job``.
 
-CLI (used by the Makefile): ``python -m llmcf_core.localray start|stop|status`` with the ports of
-``load_config().ray`` (``local_gcs_port``, ``local_dashboard_port``, ``local_num_cpus``).
+CLI (used by the Makefile): ``python -m jobs.ray_head start|stop|status`` (jobs/ray_head.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -51,7 +49,7 @@ def default_temp_dir(gcs_port: int) -> str:
     return os.path.join(base, f"llmcf-ray-{gcs_port}")
 
 
-def _dashboard_answers(dashboard_url: str, timeout: float = 2.0) -> bool:
+def dashboard_answers(dashboard_url: str, timeout: float = 2.0) -> bool:
     """True when the Jobs API answers ``GET /api/jobs/`` (what ``JobSubmissionClient.list_jobs`` calls).
 
     Plain HTTP on purpose: ``JobSubmissionClient(url)`` silently replaces ``url`` with ``$RAY_ADDRESS`` when
@@ -170,7 +168,7 @@ def start_head(
     """
     dashboard_url = f"http://127.0.0.1:{dashboard_port}"
     address = f"127.0.0.1:{gcs_port}"
-    if _dashboard_answers(dashboard_url):
+    if dashboard_answers(dashboard_url):
         return LocalRay(address=address, dashboard_url=dashboard_url, started=False)
     for name, port in (("GCS", gcs_port), ("dashboard", dashboard_port)):
         if not _port_is_free(port):
@@ -235,7 +233,7 @@ def start_head(
             raise RuntimeError(f"`ray start` did not return within {timeout_s:.0f} s") from exc
         if rc != 0:
             raise RuntimeError(f"`ray start` exited with code {rc}")
-        while not _dashboard_answers(dashboard_url):
+        while not dashboard_answers(dashboard_url):
             if time.monotonic() > deadline:
                 raise RuntimeError(
                     f"the Ray Jobs API at {dashboard_url} did not answer within {timeout_s:.0f} s"
@@ -310,40 +308,3 @@ def stop_head(local: LocalRay, grace_s: float = 3.0) -> None:
     stop_processes(local.temp_dir, local.pgid, grace_s=grace_s)
     with contextlib.suppress(OSError):
         Path(local.temp_dir, STATE_FILE).unlink()
-
-
-def _cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmcf_core.localray", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["start", "stop", "status"])
-    parser.add_argument("--temp-dir", default=None, help="default: /tmp/llmcf-ray-<gcs port>")
-    args = parser.parse_args(argv)
-
-    from llmcf_core.config import load_config
-
-    cfg = load_config().ray
-    temp_dir = os.path.abspath(args.temp_dir or default_temp_dir(cfg.local_gcs_port))
-    dashboard_url = f"http://127.0.0.1:{cfg.local_dashboard_port}"
-    if args.command == "start":
-        local = start_head(cfg.local_gcs_port, cfg.local_dashboard_port, cfg.local_num_cpus, temp_dir)
-        if not local.started:
-            print(f"reusing the Ray head already answering at {local.dashboard_url}", file=sys.stderr)
-        print(local.dashboard_url)
-        return 0
-    if args.command == "stop":
-        state = read_state(temp_dir)
-        count = stop_processes(temp_dir, (state or {}).get("pgid"))
-        with contextlib.suppress(OSError):
-            Path(temp_dir, STATE_FILE).unlink()
-        print(
-            f"stopped {count} Ray processes of the head in {temp_dir}"
-            if count
-            else "no local Ray head running"
-        )
-        return 0
-    up = _dashboard_answers(dashboard_url)
-    print(f"{'running' if up else 'not running'}: {dashboard_url} (GCS 127.0.0.1:{cfg.local_gcs_port})")
-    return 0 if up else 1
-
-
-if __name__ == "__main__":
-    sys.exit(_cli())

@@ -15,18 +15,11 @@ Path of a request (METHOD.md: the LLM never runs online):
    current sample's feature token and the 13-token decoder;
 4. the backbone + ICT forward pass under ``torch.inference_mode``.
 
-CLI::
-
-    python -m llmcf_core.rec.scoring --dataset ml-100k --model DIN --variant llmcf \
-        --user 1 --history 1,2,3 --candidates 4,5,6
+CLI: ``python -m jobs.score`` (jobs/score.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -316,48 +309,3 @@ def _read_users(settings: Any, dataset: str) -> dict[int, dict[str, str]]:
         return {}
     rows = storage.read_partition(folder).to_pylist()
     return {int(r["user_id"]): {k: v for k, v in r.items() if k != "user_id" and v is not None} for r in rows}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmcf_core.rec.scoring", description="Score candidates.")
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--variant", default="llmcf")
-    parser.add_argument("--version", help="default: the published version")
-    parser.add_argument("--user", type=int, required=True)
-    parser.add_argument("--history", default="", help="comma-separated item ids, oldest first")
-    parser.add_argument("--history-labels", help="comma-separated 1 (liked) / 0 per history item")
-    parser.add_argument("--candidates", required=True, help="comma-separated item ids")
-    parser.add_argument("--timestamp", type=int, help="only examples older than this (epoch seconds)")
-    parser.add_argument("--profile")
-    args = parser.parse_args(argv)
-
-    from llmcf_core.config import load_config
-
-    def ids(text: str) -> list[int]:
-        return [int(x) for x in text.split(",") if x.strip()]
-
-    scorer = Scorer.load(
-        load_config(args.profile), args.dataset, args.model, args.variant, version=args.version
-    )
-    labels = ids(args.history_labels) if args.history_labels else None
-    if labels is not None and len(labels) != len(ids(args.history)):
-        parser.error(f"--history-labels has {len(labels)} values for {len(ids(args.history))} history items")
-    req = ScoreRequest(args.user, ids(args.history), ids(args.candidates), args.timestamp, labels)
-    started = time.perf_counter()
-    scores = scorer.score(req)
-    elapsed = (time.perf_counter() - started) * 1000
-    out = {
-        "version": scorer.loaded.meta["version"],
-        "scores": {
-            str(i): (None if np.isnan(s) else round(float(s), 6))
-            for i, s in zip(req.candidate_item_ids, scores, strict=True)
-        },
-        "latency_ms": round(elapsed, 3),
-    }
-    print(json.dumps(out))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,10 +1,5 @@
-"""Collection and alias operations, as plain functions (an Airflow task calls them) and a CLI.
-
-    python -m llmcf_core.retrieval.admin status  --dataset ml-100k
-    python -m llmcf_core.retrieval.admin create  --dataset ml-100k     # empty collection, current spec
-    python -m llmcf_core.retrieval.admin swap    --dataset ml-100k --collection NAME
-    python -m llmcf_core.retrieval.admin rollback --dataset ml-100k
-    python -m llmcf_core.retrieval.admin drop    --dataset ml-100k --collection NAME
+"""Collection and alias operations, as plain functions (an Airflow task and ``jobs.qdrant_admin``,
+the CLI, call them).
 
 Server mode reads ``LLMCF_QDRANT_URL`` / the API key variable (an Airflow task resolves the
 connection ``qdrant_default`` into them: ``llmcf_airflow.qdrant_conn``). In local mode these
@@ -14,13 +9,10 @@ Bulk loading is never done here: that is ``jobs.embed_upsert`` (``--rebuild`` fo
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from typing import Any
 
 from llmcf_core.config import Settings
-from llmcf_core.paths import InvalidArgument, check_dataset_name
+from llmcf_core.paths import InvalidArgument
 from llmcf_core.retrieval.layout import alias_name
 from llmcf_core.retrieval.store import QdrantStore
 
@@ -89,42 +81,3 @@ def drop_collection(settings: Settings, dataset: str, collection: str) -> None:
         if store.alias_target(dataset) == collection:
             raise InvalidArgument(f"{collection} is live: swap or roll back the alias first")
         store.drop(collection)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m llmcf_core.retrieval.admin", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("command", choices=["status", "create", "swap", "rollback", "drop"])
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--collection")
-    parser.add_argument("--profile")
-    args = parser.parse_args(argv)
-
-    from llmcf_core.config import load_config
-
-    settings = load_config(args.profile)
-    dataset = check_dataset_name(args.dataset)
-    try:
-        if args.command in ("swap", "drop") and not args.collection:
-            raise InvalidArgument(f"{args.command} needs --collection")
-        if args.command == "status":
-            out: Any = status(settings, dataset)
-        elif args.command == "create":
-            out = {"collection": create_collection(settings, dataset)}
-        elif args.command == "swap":
-            out = swap_alias(settings, dataset, args.collection)
-        elif args.command == "rollback":
-            out = rollback(settings, dataset)
-        else:
-            drop_collection(settings, dataset, args.collection)
-            out = {"dropped": args.collection}
-    except InvalidArgument as exc:
-        print(f"admin: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(out, indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """Integration fixtures: a real local Ray head, started once per session and only when a test needs it.
 
 The head runs on free ports (never the config defaults, so it cannot collide with a demo head started by
-``python -m llmcf_core.localray start``) and in its own temp dir, so stopping it touches no other head.
+``python -m jobs.ray_head start``) and in its own temp dir, so stopping it touches no other head.
 """
 
 from __future__ import annotations

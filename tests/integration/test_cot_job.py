@@ -48,7 +48,7 @@ def tiny_dir(tmp_path_factory) -> str:
 def _job(home: Path, ray_head, model: str, kill_after: int | None = None) -> tuple[int, dict | None, str]:
     args = ["--dataset", "ml-100k", "--partition", DAY.isoformat(), "--model", model]
     for key, value in SMALL.items():
-        args += ["--set", f"{key}={value}"]
+        args += ["--set", f"cot.{key}={value}"]
     env = {"LLMCF_HOME": str(home), "LLMCF_PROFILE": "local"}
     if kill_after is not None:
         env["LLMCF_COT_KILL_AFTER_BLOCKS"] = str(kill_after)

@@ -60,7 +60,7 @@ def smollm2_dir(tmp_path_factory) -> str:
 def _job(home, ray_head, model: str, *extra: str, env: dict | None = None, timeout_s: float = 300):
     args = ["--dataset", "ml-100k", "--partition", DAY.isoformat(), "--model", model]
     for key, value in SMALL.items():
-        args += ["--set", f"{key}={value}"]
+        args += ["--set", f"cot.{key}={value}"]
     entry = [sys.executable, "-m", "jobs.generate_cot", *args, *extra]
     code, logs = submit(ray_head, entry, {"LLMCF_HOME": str(home), **(env or {})}, timeout_s=timeout_s)
     return code, result_of(logs), logs
@@ -109,7 +109,7 @@ def test_partition_end_to_end_rerun_in_process_kill_and_resume(llmcf_home, ray_h
     paths2 = publish_inputs(other)
     final2 = layout.version_dir(paths2, DAY, MV, PV)
     blocks2 = layout.blocks_dir(paths2, DAY, MV, PV)
-    local = ("--set", "ray_min_prompts=1000")
+    local = ("--set", "cot.ray_min_prompts=1000")
     rc, result, logs = _job(other, ray_head, smollm2_dir, *local, env={"LLMCF_COT_KILL_AFTER_BLOCKS": "1"})
     assert rc in (-signal.SIGKILL, 128 + signal.SIGKILL), logs[-4000:]
     assert "vLLMEngineStage" not in logs and "in-process vLLM engine" in logs
@@ -132,11 +132,11 @@ def test_a_dead_engine_fails_the_job_after_bounded_restarts(llmcf_home, ray_head
     the job must fail with that error once the restarts are spent, not restart the actor forever."""
     paths = publish_inputs(llmcf_home)
     crash = (
-        "vllm_engine_kwargs={tensor_parallel_size: 1, enforce_eager: true, "
+        "cot.vllm_engine_kwargs={tensor_parallel_size: 1, enforce_eager: true, "
         "enable_chunked_prefill: true, max_num_batched_tokens: 64}"
     )
     rc, result, logs = _job(
-        llmcf_home, ray_head, smollm2_dir, "--set", crash, "--set", "max_prompt_tokens=1024"
+        llmcf_home, ray_head, smollm2_dir, "--set", crash, "--set", "cot.max_prompt_tokens=1024"
     )
     assert rc not in (0, None) and result is None, logs[-4000:]
     assert "does not use offset" in logs or "EngineDeadError" in logs, logs[-4000:]

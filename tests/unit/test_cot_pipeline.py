@@ -75,9 +75,9 @@ def _run(tiny_dir: str, *extra: str) -> int:
             "--backend",
             "transformers",
             "--set",
-            "max_prompt_tokens=16",
+            "cot.max_prompt_tokens=16",
             "--set",
-            "pool_fraction=1",
+            "cot.pool_fraction=1",
             *extra,
         ]
     )
@@ -91,9 +91,10 @@ def _result(capsys) -> dict:
 def test_bad_arguments_exit_2(llmcf_home, tiny_dir):
     assert _run(tiny_dir) == 2  # samples not published yet
     publish_fixture(llmcf_home)
-    assert _run(tiny_dir, "--set", "pool_fraction=7") == 2
+    assert _run(tiny_dir, "--set", "cot.pool_fraction=7") == 2
     assert _run(tiny_dir, "--set", "nonsense") == 2
-    assert _run(tiny_dir, "--set", "prompt_version=v0") == 2
+    assert _run(tiny_dir, "--set", "pool_fraction=0.5") == 2  # one grammar: SECTION.FIELD=VALUE
+    assert _run(tiny_dir, "--set", "cot.prompt_version=v0") == 2
     assert _run(tiny_dir, "--model", "recgen:latest") == 2  # no RecGen model registered
 
 
@@ -108,7 +109,7 @@ def test_failed_rows_over_the_threshold_fail_the_check(llmcf_home, tiny_dir, cap
     blocks = layout.blocks_dir(paths, DAY, "tiny-llama", "v1-lc")
     assert sorted(p.name for p in blocks.iterdir()) == ["block-00000.parquet"]  # kept for the rerun
 
-    assert _run(tiny_dir, "--set", "max_failure_rate=1.0", "--no-promote") == 0
+    assert _run(tiny_dir, "--set", "cot.max_failure_rate=1.0", "--no-promote") == 0
     result = _result(capsys)
     assert (
         result["failed"] == 6
@@ -127,7 +128,14 @@ def test_failed_rows_over_the_threshold_fail_the_check(llmcf_home, tiny_dir, cap
 
 def test_pool_fraction_and_label_switch_pick_the_version(llmcf_home, tiny_dir, capsys):
     paths = publish_fixture(llmcf_home, n=40)
-    args = ["--set", "max_failure_rate=1", "--set", "label_conditioned=false", "--set", "pool_fraction=0.25"]
+    args = [
+        "--set",
+        "cot.max_failure_rate=1",
+        "--set",
+        "cot.label_conditioned=false",
+        "--set",
+        "cot.pool_fraction=0.25",
+    ]
     assert _run(tiny_dir, *args) == 0
     result = _result(capsys)
     assert result["prompt_version"] == "v1-nolabel" and 0 < result["pool"] < 40
@@ -143,7 +151,14 @@ def test_small_pools_generate_in_process_without_ray(llmcf_home, tiny_dir, capsy
     paths = publish_fixture(llmcf_home, n=8)
     if ray.is_initialized():
         ray.shutdown()
-    args = ["--set", "max_prompt_tokens=4096", "--set", "ray_min_prompts=100", "--set", "max_new_tokens=8"]
+    args = [
+        "--set",
+        "cot.max_prompt_tokens=4096",
+        "--set",
+        "cot.ray_min_prompts=100",
+        "--set",
+        "cot.max_new_tokens=8",
+    ]
     assert _run(tiny_dir, *args) == 0
     result = _result(capsys)
     assert not ray.is_initialized()

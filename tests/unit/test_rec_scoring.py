@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from jobs import score
 from llmcf_core import storage
 from llmcf_core.config import load_config
 from llmcf_core.paths import DataPaths
-from llmcf_core.rec import registry, scoring
+from llmcf_core.rec import registry
 from llmcf_core.rec.dataset import load_tables
 from llmcf_core.rec.scoring import ExactRetriever, RetrievalQuery, Scorer, ScoreRequest
 from llmcf_core.rec.synthetic import write_synthetic_dataset
@@ -124,7 +125,7 @@ def test_base_model_needs_no_retrieval_and_cli_prints_scores(rec_settings, capsy
     assert scorer.retriever is None and scorer.score(ScoreRequest(3, [], [1, 2])).shape == (2,)
     _published(rec_settings, "DIN", "llmcf")
     args = ["--dataset", "synth", "--model", "DIN", "--variant", "llmcf", "--user", "2"]
-    assert scoring.main([*args, "--history", "1,2,3", "--candidates", "4,5"]) == 0
+    assert score.main([*args, "--history", "1,2,3", "--candidates", "4,5"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out["scores"]) == {"4", "5"} and out["latency_ms"] > 0
 
