@@ -305,7 +305,9 @@ def _comparisons(
             seeds = sorted(set(preds.seeds(model, a)) & set(preds.seeds(model, b)))
             row: dict[str, Any] = {"model": model, "task": task, "a": a, "b": b, "seeds": seeds}
             if not seeds or task not in preds.ref:
-                row["missing"] = "no paired test predictions"
+                # Predictions live in the run folders under $LLMCF_HOME: runs of an earlier call on
+                # another machine keep their metrics in the table but not their intervals.
+                row["missing"] = "no paired test predictions (run folders not under this LLMCF_HOME)"
                 out.append(row)
                 continue
             for subset in SUBSETS:
