@@ -28,7 +28,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from llmcf_airflow.partitions import job_env_vars
-from llmcf_airflow.ray_job import RayJobOperator, force_param
+from llmcf_airflow.ray_job import RayJobOperator, force_param, job_result
 from llmcf_core import fsio
 from llmcf_core.config import load_config
 
@@ -207,10 +207,7 @@ with DAG(
             and its recorded checks passed."""
             from llmcf_core.storage import read_manifest
 
-            result = (job or {}).get("result") or {}
-            folder = result.get("path")
-            if not folder:
-                raise AirflowFailException(f"the build job's LLMCF_RESULT names no path: {job!r}")
+            folder = job_result(job, "path")["path"]
             manifest = read_manifest(folder) or {}
             if not (manifest.get("checks") or {}).get("success"):
                 raise AirflowFailException(f"{folder} was published without a passing check")

@@ -47,7 +47,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from llmcf_airflow.callbacks import on_failure
 from llmcf_airflow.partitions import job_env_vars, partition_for_run, verify_published
-from llmcf_airflow.ray_job import RayJobOperator, force_param
+from llmcf_airflow.ray_job import RayJobOperator, force_param, job_result
 from llmcf_core import fsio
 from llmcf_core.config import load_config
 from llmcf_core.paths import InvalidArgument
@@ -97,18 +97,6 @@ def _gate(verify, *args, **kwargs) -> dict:
         return verify(*args, **kwargs)
     except (InvalidArgument, FileNotFoundError, ValueError) as exc:
         raise AirflowFailException(str(exc)) from exc
-
-
-def _job_result(job: dict | None, *keys: str) -> dict:
-    """The ``LLMCF_RESULT`` a stage's Ray job printed (the operator's XCom ``result``), which must name
-    ``keys``: gates check what the job says it wrote instead of working the paths out again."""
-    result = (job or {}).get("result")
-    if not isinstance(result, dict):
-        raise AirflowFailException(f"the Ray job returned no LLMCF_RESULT (XCom {job!r})")
-    missing = [k for k in keys if not result.get(k)]
-    if missing:
-        raise AirflowFailException(f"the Ray job's LLMCF_RESULT lacks {missing}: {result}")
-    return result
 
 
 # The CoT version this run's CoT task wrote and checked (MODEL__PROMPT); empty when the cot stage was
@@ -229,7 +217,7 @@ with DAG(
             """Gate: the samples partition the ingest job wrote is published and its checks passed."""
             from llmcf_core.storage import read_manifest
 
-            folder = _job_result(job, "samples_path")["samples_path"]
+            folder = job_result(job, "samples_path")["samples_path"]
             return _gate(lambda: verify_published(read_manifest(folder), folder, partition))
 
         samples_checked = check_samples(part, ingest.output)
@@ -251,7 +239,7 @@ with DAG(
             returns it as ``cot_version`` for embed and retrieve."""
             from llmcf_core.cot.layout import verify_cot_published, version_name
 
-            result = _job_result(job, "model_version", "prompt_version")
+            result = job_result(job, "model_version", "prompt_version")
             params = get_current_context()["params"]
             checked = _gate(
                 verify_cot_published,
@@ -283,7 +271,7 @@ with DAG(
             counts passed."""
             from llmcf_core.retrieval.gates import verify_pool_published
 
-            version = _job_result(job, "cot_version")["cot_version"]
+            version = job_result(job, "cot_version")["cot_version"]
             params = get_current_context()["params"]
             return _gate(verify_pool_published, SETTINGS, params["dataset"], partition, version)
 
@@ -307,7 +295,7 @@ with DAG(
             included), from the CoT version of the pool it searched."""
             from llmcf_core.retrieval.gates import verify_neighbors_published
 
-            result = _job_result(job, "task", "cot_version")
+            result = job_result(job, "task", "cot_version")
             params = get_current_context()["params"]
             return _gate(
                 verify_neighbors_published,
@@ -366,7 +354,7 @@ with DAG(
 
             decisions = {}
             for job in jobs:
-                result = _job_result(job, "dataset", "model", "variant", "version")
+                result = job_result(job, "dataset", "model", "variant", "version")
                 decisions[result["variant"]] = _gate(
                     publish_gate,
                     SETTINGS.home,

@@ -211,6 +211,18 @@ def parse_result(lines: Sequence[str] | str) -> dict | None:
     return None
 
 
+def job_result(xcom: dict | None, *keys: str) -> dict:
+    """The job's result out of a ``RayJobOperator`` XCom, which must name ``keys`` (non-empty): a
+    DAG's check task takes what the job says it wrote instead of working paths out again."""
+    result = (xcom or {}).get("result")
+    if not isinstance(result, dict):
+        raise AirflowFailException(f"the Ray job returned no {RESULT_PREFIX.strip()} (XCom {xcom!r})")
+    missing = [k for k in keys if not result.get(k)]
+    if missing:
+        raise AirflowFailException(f"the Ray job's {RESULT_PREFIX.strip()} lacks {missing}: {result}")
+    return result
+
+
 def _enum_value(value: Any) -> str | None:
     return None if value is None else str(getattr(value, "value", value))
 

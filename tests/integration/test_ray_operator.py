@@ -26,6 +26,7 @@ from llmcf_airflow.ray_job import (
     attempt_id,
     build_entrypoint,
     job_client,
+    job_result,
     parse_result,
     resolve_dashboard_url,
     submission_id_for,
@@ -97,6 +98,14 @@ def test_parse_result_takes_the_last_result_line_and_refuses_a_broken_one() -> N
         parse_result(["LLMCF_RESULT {not json"])
     with pytest.raises(ValueError, match="not a JSON object"):
         parse_result(["LLMCF_RESULT [1, 2]"])
+
+
+def test_job_result_requires_the_keys_a_gate_reads() -> None:
+    assert job_result({"result": {"path": "/p", "rows": 3}}, "path") == {"path": "/p", "rows": 3}
+    with pytest.raises(AirflowFailException, match="returned no LLMCF_RESULT"):
+        job_result({"status": "SUCCEEDED", "result": None}, "path")
+    with pytest.raises(AirflowFailException, match=r"lacks \['path'\]"):
+        job_result({"result": {"rows": 3}}, "path")
 
 
 def test_resolve_dashboard_url_order(monkeypatch: pytest.MonkeyPatch) -> None:
