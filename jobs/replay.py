@@ -51,8 +51,14 @@ def run_day(
     stages: list[str],
     tasks: list[str],
     logs: dict[str, str | None] | None = None,
+    skip_missing_cot: bool = False,
 ) -> dict[str, Any]:
-    """Run ``stages`` for one day; {stage: seconds, ...} plus the rows each stage published."""
+    """Run ``stages`` for one day; {stage: seconds, ...} plus the rows each stage published.
+
+    With ``skip_missing_cot`` a day without a published CoT partition of the current version adds
+    nothing to the in-context pool (``embed_skipped``: True) instead of stopping the replay; its
+    samples still get neighbours from the earlier days' pool.
+    """
     from llmcf_core.cot.pipeline import generate_cot_partition
     from llmcf_core.data.ingest import ingest_partition
     from llmcf_core.retrieval.retrieve import retrieve_partition
@@ -67,7 +73,13 @@ def run_day(
             elif stage == "cot":
                 out["cot_generated"] = generate_cot_partition(settings, dataset, day).generated
             elif stage == "embed":
-                out["pool_rows"] = embed_upsert(settings, dataset, day).get("rows")
+                if skip_missing_cot and not _cot_published(settings, dataset, day):
+                    log.warning(
+                        "%s dt=%s has no published CoT partition: not added to the pool", dataset, day
+                    )
+                    out["embed_skipped"] = True
+                else:
+                    out["pool_rows"] = embed_upsert(settings, dataset, day).get("rows")
             else:
                 for task in tasks:
                     retrieve_partition(settings, dataset, day, task=task)
@@ -77,6 +89,17 @@ def run_day(
             raise
         out[f"{stage}_s"] = round(time.perf_counter() - started, 2)
     return out
+
+
+def _cot_published(settings: Any, dataset: str, day: dt.date) -> bool:
+    from llmcf_core import storage
+    from llmcf_core.retrieval.layout import RetrievalPaths
+    from llmcf_core.retrieval.upsert import current_spec
+
+    spec = current_spec(settings, dataset, None)
+    return storage.is_published(
+        RetrievalPaths(settings.home, dataset, spec.embedder).cot_partition(day, spec.cot)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default=",".join(STAGES), help=f"subset of {','.join(STAGES)}")
     parser.add_argument(
         "--tasks", default="ctr", help="neighbour tasks: ctr (ranking), next_item (SASRec...)"
+    )
+    parser.add_argument(
+        "--skip-days-without-cot",
+        action="store_true",
+        help="embed stage: a day with no published CoT partition adds nothing to the pool instead of "
+        "stopping the replay (a pool generated for part of the days); the result lists those days",
     )
     add_overrides(parser, "cot.pool_fraction=0.01")
     parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
@@ -115,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         days = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
         totals: dict[str, float] = {}
         rows = {"samples_rows": 0, "cot_generated": 0, "pool_rows": 0}
+        skipped: list[str] = []
         started = time.perf_counter()
         for n, day in enumerate(days, 1):
             info = run_day(
@@ -124,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
                 stages,
                 tasks,
                 {"interactions": args.interactions, "items": args.items, "users": args.users},
+                skip_missing_cot=args.skip_days_without_cot,
             )
+            if info.pop("embed_skipped", False):
+                skipped.append(day.isoformat())
             for key, value in info.items():
                 if key.endswith("_s"):
                     totals[key] = round(totals.get(key, 0.0) + value, 2)
@@ -142,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             "stage_seconds": totals,
             "wall_seconds": round(time.perf_counter() - started, 2),
             **rows,
+            **({"embed_skipped_days": skipped} if args.skip_days_without_cot else {}),
         }
 
     return run_job("replay", body)

@@ -144,3 +144,30 @@ def test_reversed_range_and_missing_inputs_are_bad_arguments(llmcf_home, capsys)
     assert replay.main(["--dataset", DATASET, "--from", "2024-05-01", "--to", "2024-05-01"]) == 2
     err = capsys.readouterr().err
     assert "replay stopped at tiny dt=2024-05-01 stage samples" in err
+
+
+def test_embed_skips_days_without_cot_only_when_asked(llmcf_home, settings, tiny_dir, tmp_path, capsys):
+    """A pool generated for part of the days (a GPU lease that ran out): without the flag the embed
+    stage stops at the first day with no CoT partition, naming it; with it those days add nothing
+    to the pool, are listed in the result, and every day's samples still get neighbours."""
+    logs = write_logs(tmp_path / "logs")
+    first = ["--from", DAYS[0].isoformat(), "--to", DAYS[0].isoformat()]
+    assert replay.main(_argv(logs, tiny_dir, "--stages", "samples")) == 0
+    assert replay.main(_argv(logs, tiny_dir, "--stages", "cot", *first)) == 0
+    capsys.readouterr()
+
+    assert replay.main(_argv(logs, tiny_dir, "--stages", "embed,neighbors")) == 2
+    err = capsys.readouterr().err
+    assert f"no published CoT partition for {DAYS[1]}" in err
+    assert f"replay stopped at {DATASET} dt={DAYS[1]} stage embed" in err
+
+    assert replay.main(_argv(logs, tiny_dir, "--stages", "embed,neighbors", "--skip-days-without-cot")) == 0
+    result = _result(capsys)
+    assert result["embed_skipped_days"] == [DAYS[1].isoformat(), DAYS[2].isoformat()]
+    assert result["pool_rows"] == 10  # day 0's samples only
+    paths = DataPaths(llmcf_home, DATASET)
+    for day in DAYS:
+        assert storage.is_published(paths.partition("neighbors", day)), day
+        assert storage.is_published(paths.partition("neighbors_next_item", day)), day
+    with QdrantStore.open(settings.qdrant, llmcf_home, owner="test") as store:
+        assert store.count(store.live(DATASET)[0]) == 10
