@@ -31,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from llmcf_core import fsio, quality, storage
+from llmcf_core import storage
 from llmcf_core.config import CotConfig, Settings
 from llmcf_core.cot import layout
 from llmcf_core.cot.backend import resolve_backend, vllm_importable
@@ -42,6 +42,7 @@ from llmcf_core.cot.pool import select_pool
 from llmcf_core.cot.prompt import PromptBuilder, effective_prompt_version, template, tokenizer_markers
 from llmcf_core.cot.score import FINISH_ERROR, Candidate, best_of
 from llmcf_core.paths import DataPaths, InvalidArgument
+from llmcf_core.quality.publish import publish_checked, reject
 
 log = logging.getLogger(__name__)
 
@@ -368,21 +369,21 @@ def generate_cot_partition(
         max_failure_rate=cfg.max_failure_rate,
         forbidden=forbidden,
     )
-    quarantine = paths.quarantine("cot", day)
+    quarantine_dir = paths.quarantine("cot", day)
     if not report.success:
-        bad = quality.failing_rows(frame, report).head(settings.quality.quarantine_max_rows)
-        storage.write_quarantine(_to_arrow_lenient(bad), quarantine, report.to_dict())
-        log.error("cot check failed; quarantined %d rows at %s; committed blocks kept", len(bad), quarantine)
-        raise quality.DataCheckFailed(report)
+        log.error(
+            "cot check failed: quarantining the failing rows at %s; committed blocks kept", quarantine_dir
+        )
+        reject(frame, report, quarantine_dir, limit=settings.quality.quarantine_max_rows)
 
     failed = int(frame["error"].notna().sum())
-    published_result = storage.publish_table(
+    published_result = publish_checked(
         table,
         final_dir,
+        report,
         {
             "dataset": dataset,
             "partition": partition,
-            "checks": report.to_dict(),
             "model": ref.spec,
             "model_version": mv,
             "prompt_version": pv,
@@ -392,9 +393,9 @@ def generate_cot_partition(
             "decoding": Decoding.from_config(cfg).to_dict(),
             "failed_rows": failed,
         },
+        clear=[quarantine_dir],
     )
     store.clear()
-    fsio.rmtree(quarantine)
     moved = layout.write_current(paths, mv, pv) if cfg.promote else False
     return CotResult(
         dataset=dataset,
@@ -416,13 +417,3 @@ def generate_cot_partition(
         current_moved=moved,
         checks={"cot": report.success},
     )
-
-
-def _to_arrow_lenient(frame: pd.DataFrame) -> Any:
-    """Quarantined rows as Arrow; odd cells as text where Arrow refuses them."""
-    import pyarrow as pa
-
-    try:
-        return pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
-        return pa.Table.from_pandas(frame.reset_index(drop=True).astype(str), preserve_index=False)

@@ -18,7 +18,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pandas as pd
 import pyarrow as pa
@@ -30,6 +30,7 @@ from llmcf_core.data import samples as samples_mod
 from llmcf_core.data import users as users_mod
 from llmcf_core.data.sources import RawSource, load_interactions, load_items, load_users, resolve_source
 from llmcf_core.paths import DataPaths, InvalidArgument, utc_day
+from llmcf_core.quality.publish import publish_checked, reject
 
 log = logging.getLogger(__name__)
 
@@ -110,26 +111,13 @@ def _day_range(interactions: pd.DataFrame) -> tuple[dt.date, dt.date] | None:
     return utc_day(int(ts.min())), utc_day(int(ts.max()))
 
 
-def _to_arrow_lenient(df: pd.DataFrame) -> pa.Table:
-    """Quarantined rows may hold anything the user wrote; fall back to text columns."""
-    df = df.reset_index(drop=True)
-    try:
-        return pa.Table.from_pandas(df, preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
-        return pa.Table.from_pandas(df.astype(str), preserve_index=False)
-
-
 def _fail(
     paths: DataPaths, artifact: str, day: dt.date, df: pd.DataFrame, report: quality.CheckReport, limit: int
-) -> None:
-    rows = quality.failing_rows(df, report).head(limit)
+) -> NoReturn:
     folder = paths.quarantine(artifact, day)
-    storage.write_quarantine(_to_arrow_lenient(rows), folder, report.to_dict())
-    log.error("quarantined %d %s rows at %s", len(rows), artifact, folder)
-    exc = quality.DataCheckFailed(report)
+    log.error("%s check failed: quarantining the failing rows at %s", artifact, folder)
     # items/users are unpartitioned: the note names the partition whose ingest failed.
-    exc.add_note(f"ingest dt={day.isoformat()}: {len(rows)} {artifact} rows quarantined at {folder}")
-    raise exc
+    reject(df, report, folder, limit=limit, context=f"ingest dt={day.isoformat()}", what=f"{artifact} rows")
 
 
 def ingest_partition(
@@ -210,13 +198,14 @@ def ingest_partition(
     elif paths.users.exists():
         log.warning("dataset %s has no users file now: removing its users table %s", dataset, paths.users)
         fsio.rmtree(paths.users)
-    published = storage.publish_table(
+    published = publish_checked(
         table,
         paths.samples(day),
-        {"dataset": dataset, "partition": partition, "source": src.kind, "checks": samples_report.to_dict()},
+        samples_report,
+        {"dataset": dataset, "partition": partition, "source": src.kind},
+        # a clean run clears the stale quarantine of every table it checked
+        clear=[paths.quarantine(artifact, day) for artifact in ("items", "users", "interactions", "samples")],
     )
-    for artifact in ("items", "users", "interactions", "samples"):  # a clean run clears stale quarantine
-        fsio.rmtree(paths.quarantine(artifact, day))
     split = samples_mod.split_of(day, cfg.valid_start, cfg.test_start)
     return IngestResult(
         dataset=dataset,

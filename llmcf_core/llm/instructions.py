@@ -26,10 +26,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from llmcf_core import fsio, storage
+from llmcf_core import storage
 from llmcf_core.config import Settings
 from llmcf_core.paths import DataPaths, InvalidArgument, parse_partition
-from llmcf_core.quality import CheckReport, DataCheckFailed, Rule, failing_rows, run_rules
+from llmcf_core.quality import CheckReport, Rule, run_rules
+from llmcf_core.quality.publish import publish_checked, reject
 
 log = logging.getLogger(__name__)
 
@@ -451,21 +452,19 @@ def build_instructions(settings: Settings, spec: InstructionSpec) -> Instruction
     )
     balance = label_balance(df) if len(df) else {}
     log.info("instructions %s: %s; %s", version, balance, report.summary().splitlines()[0])
+    quarantine_dir = paths.quarantine(ARTIFACT, spec.window_end) / version
     if not report.success:
-        quarantine = paths.quarantine(ARTIFACT, spec.window_end) / version
-        bad = failing_rows(df, report).head(settings.quality.quarantine_max_rows)
-        storage.write_quarantine(to_arrow_lenient(bad), quarantine, report.to_dict())
-        raise DataCheckFailed(report)
+        reject(df, report, quarantine_dir, limit=settings.quality.quarantine_max_rows)
 
     counts = {**balance, "days": len(days), "rec_too_long": too_long, "general_wanted": want_general}
     folder = artifact_dir(paths, spec.window_end, version)
-    published = storage.publish_table(
+    published = publish_checked(
         table,
         folder,
+        report,
         {
             "dataset": spec.dataset,
             "partition": partition,
-            "checks": report.to_dict(),
             "version": version,
             "spec": {**asdict(spec), "window_end": partition},
             "window": [days[0].isoformat(), days[-1].isoformat()],
@@ -473,20 +472,11 @@ def build_instructions(settings: Settings, spec: InstructionSpec) -> Instruction
             "label_balance": balance,
             "tokenizer": tokenizer_tag(model_dir),
         },
+        clear=[quarantine_dir],
     )
-    fsio.rmtree(paths.quarantine(ARTIFACT, spec.window_end) / version)
     return InstructionResult(
         spec.dataset, partition, version, published.path, published.rows, published.changed, counts
     )
-
-
-def to_arrow_lenient(df):
-    import pyarrow as pa
-
-    try:
-        return pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
-        return pa.Table.from_pandas(df.reset_index(drop=True).astype(str), preserve_index=False)
 
 
 def locate(settings: Settings, spec: InstructionSpec) -> Path:

@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from llmcf_core import fsio, quality, storage
+from llmcf_core import quality, storage
 from llmcf_core.config import Settings
 from llmcf_core.paths import InvalidArgument
+from llmcf_core.quality.publish import publish_checked, reject
 from llmcf_core.retrieval import checks
 from llmcf_core.retrieval.embed import (
     ItemVectors,
@@ -174,13 +175,12 @@ def prepare_pool(settings: Settings, spec: PoolSpec, day: dt.date, items: ItemVe
         dim=d,
     )
     if not report.success:
-        bad = quality.failing_rows(frame.drop(columns=["history_item_ids"]), report)
-        storage.write_quarantine(
-            pa.Table.from_pandas(bad.astype(str), preserve_index=False),
+        reject(
+            frame.drop(columns=["history_item_ids"]),
+            report,
             paths.data.quarantine("pool", day),
-            report.to_dict(),
+            limit=settings.quality.quarantine_max_rows,
         )
-        raise quality.DataCheckFailed(report)
 
     table = pa.table(
         {
@@ -213,9 +213,13 @@ def _report_from_dict(raw: dict[str, Any]) -> quality.CheckReport:
 
 def publish_pool(settings: Settings, prepared: PreparedPool, extra: dict[str, Any]) -> storage.PublishResult:
     paths = RetrievalPaths(settings.home, prepared.spec.dataset, prepared.spec.embedder)
-    result = storage.publish_table(prepared.table, paths.pool(prepared.day), prepared.metadata(extra))
-    fsio.rmtree(paths.data.quarantine("pool", prepared.day))
-    return result
+    return publish_checked(
+        prepared.table,
+        paths.pool(prepared.day),
+        prepared.report,
+        prepared.metadata(extra),
+        clear=[paths.data.quarantine("pool", prepared.day)],
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,11 +21,11 @@ import time
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
-from llmcf_core import fsio, quality, storage
+from llmcf_core import storage
 from llmcf_core.config import Settings
 from llmcf_core.paths import InvalidArgument, day_bounds
+from llmcf_core.quality.publish import publish_checked, reject
 from llmcf_core.retrieval import checks
 from llmcf_core.retrieval.embed import ensure_item_vectors, sample_vectors
 from llmcf_core.retrieval.layout import TASKS, PoolSpec, RetrievalPaths
@@ -121,21 +121,21 @@ def retrieve_partition(
     folder = paths.neighbors(day, task)
     quarantine = paths.data.quarantine(folder.parent.name, day)
     if not (report.success and agreement.success):
-        bad = quality.failing_rows(frame, report) if not report.success else frame.head(0)
-        storage.write_quarantine(
-            pa.Table.from_pandas(bad.astype(str), preserve_index=False),
+        reject(
+            frame if not report.success else None,
+            report if not report.success else agreement,
             quarantine,
-            {"neighbors": report.to_dict(), "agreement": agreement.to_dict()},
+            limit=settings.quality.quarantine_max_rows,
+            reports={"neighbors": report.to_dict(), "agreement": agreement.to_dict()},
         )
-        raise quality.DataCheckFailed(report if not report.success else agreement)
 
-    published = storage.publish_table(
+    published = publish_checked(
         table,
         folder,
+        report,
         {
             "dataset": dataset,
             "partition": day.isoformat(),
-            "checks": report.to_dict(),
             "agreement": agreement.to_dict(),
             "task": task,
             "k": cfg.k,
@@ -145,8 +145,8 @@ def retrieve_partition(
             "pool_days_skipped": loaded.skipped,
             **facts,
         },
+        clear=[quarantine],
     )
-    fsio.rmtree(quarantine)
     n = len(samples)
     return {
         "dataset": dataset,

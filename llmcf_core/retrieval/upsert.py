@@ -22,11 +22,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import pyarrow as pa
-
 from llmcf_core import quality, storage
 from llmcf_core.config import Settings
 from llmcf_core.paths import InvalidArgument
+from llmcf_core.quality.publish import reject
 from llmcf_core.retrieval import checks
 from llmcf_core.retrieval.embed import ItemVectors, ensure_item_vectors
 from llmcf_core.retrieval.layout import PoolSpec, RetrievalPaths, alias_name, resolve_cot_version
@@ -171,8 +170,7 @@ def _rebuild(
 
 def _quarantine(paths: RetrievalPaths, day: dt.date, report: quality.CheckReport) -> None:
     """Record a failed store check beside the pool's other quarantines, then raise."""
-    storage.write_quarantine(pa.table({}), paths.data.quarantine("pool", day), report.to_dict())
-    raise quality.DataCheckFailed(report)
+    reject(None, report, paths.data.quarantine("pool", day))
 
 
 def _published_rows(paths: RetrievalPaths, spec: PoolSpec, exclude: dt.date | None = None) -> int:

@@ -607,3 +607,37 @@ def test_runner_turns_gx_errors_and_duplicate_columns_into_failures() -> None:
     assert (got["in_set(x)"].row_positions, got["in_set(x)"].examples) == ([1], [3])  # GX's values
     with pytest.raises(ValueError, match="derived column"):
         run_rules(df.iloc[:, :2], rules[:1], derived={"s": [True]}, suite="t", dataset="d")
+
+
+def test_reject_quarantines_failing_rows_and_publish_checked_clears_it(tmp_path):
+    """The one check -> quarantine -> publish path every stage uses (llmcf_core.quality.publish)."""
+    import pyarrow as pa
+
+    from llmcf_core import storage
+    from llmcf_core.quality import DataCheckFailed
+    from llmcf_core.quality.gx_runner import Rule, run_rules
+    from llmcf_core.quality.publish import publish_checked, reject
+
+    rule = Rule(
+        "in_set(x)", "ExpectColumnValuesToBeInSet", {"column": "x", "value_set": [1]}, requires=("x",)
+    )
+    # An object column Arrow refuses (an int and a list) is still quarantined, as text.
+    bad = pd.DataFrame({"x": [1, 2, 3, 1], "odd": [1, [2], "b", None]})
+    report = run_rules(bad, [rule], suite="t", dataset="d")
+    final, quarantine = tmp_path / "out" / "dt=2024-05-01", tmp_path / "q" / "dt=2024-05-01"
+    with pytest.raises(DataCheckFailed) as info:
+        reject(bad, report, quarantine, limit=1, context="stage dt=2024-05-01", what="things")
+    assert f"stage dt=2024-05-01: 1 things quarantined at {quarantine}" in info.value.__notes__
+    kept = storage.read_partition(quarantine).to_pandas()
+    assert kept["x"].astype(str).tolist() == ["2"] and kept["_failed_rules"].tolist() == ["in_set(x)"]
+    assert storage.read_manifest(quarantine)["report"]["success"] is False
+    with pytest.raises(DataCheckFailed):  # a failed report never publishes
+        publish_checked(pa.table({"x": [2]}), final, report)
+    assert not storage.is_published(final)
+
+    good = pd.DataFrame({"x": [1, 1]})
+    ok = run_rules(good, [rule], suite="t", dataset="d")
+    result = publish_checked(pa.table(good), final, ok, {"dataset": "d"}, clear=[quarantine])
+    manifest = storage.read_manifest(final)
+    assert result.rows == 2 and manifest["dataset"] == "d" and manifest["checks"]["success"] is True
+    assert not quarantine.exists()
