@@ -205,12 +205,14 @@ with DAG(
         def check(job: dict | None) -> dict:
             """Gate: the instruction data the build job wrote (its LLMCF_RESULT ``path``) is published
             and its recorded checks passed."""
-            from llmcf_core.storage import read_manifest
+            from llmcf_core.paths import InvalidArgument
+            from llmcf_core.quality.publish import verify_published
 
             folder = job_result(job, "path")["path"]
-            manifest = read_manifest(folder) or {}
-            if not (manifest.get("checks") or {}).get("success"):
-                raise AirflowFailException(f"{folder} was published without a passing check")
+            try:
+                manifest = verify_published(folder)
+            except InvalidArgument as exc:
+                raise AirflowFailException(str(exc)) from exc
             return {
                 "path": str(folder),
                 "rows": manifest.get("rows"),

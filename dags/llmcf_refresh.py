@@ -46,7 +46,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from llmcf_airflow.callbacks import on_failure
-from llmcf_airflow.partitions import job_env_vars, partition_for_run, verify_published
+from llmcf_airflow.partitions import job_env_vars, partition_for_run
 from llmcf_airflow.ray_job import RayJobOperator, force_param, job_result
 from llmcf_core import fsio
 from llmcf_core.config import load_config
@@ -215,10 +215,11 @@ with DAG(
         @task(outlets=[samples_asset], retries=0)
         def check_samples(partition: str, job: dict | None) -> dict:
             """Gate: the samples partition the ingest job wrote is published and its checks passed."""
-            from llmcf_core.storage import read_manifest
+            from llmcf_core.quality.publish import verify_published
 
             folder = job_result(job, "samples_path")["samples_path"]
-            return _gate(lambda: verify_published(read_manifest(folder), folder, partition))
+            manifest = _gate(lambda: verify_published(folder, partition=partition))
+            return {"partition": partition, "rows": manifest.get("rows"), "sha256": manifest.get("sha256")}
 
         samples_checked = check_samples(part, ingest.output)
         part >> ingest >> samples_checked

@@ -29,20 +29,6 @@ def partition_for_run(params: dict[str, Any], logical_date: dt.datetime | None) 
     return logical_date.astimezone(dt.UTC).date().isoformat()
 
 
-def verify_published(manifest: dict[str, Any] | None, where: str, partition: str) -> dict[str, Any]:
-    """A published partition must carry a manifest whose recorded checks passed."""
-    if manifest is None:
-        raise InvalidArgument(f"{where} is not published for partition {partition} (no _SUCCESS manifest)")
-    if manifest.get("partition") not in (None, partition):
-        raise InvalidArgument(
-            f"{where} manifest is for partition {manifest.get('partition')}, not {partition}"
-        )
-    checks = manifest.get("checks") or {}
-    if checks and checks.get("success") is False:
-        raise InvalidArgument(f"{where} was published with a failed check: {checks}")
-    return {"partition": partition, "rows": manifest.get("rows"), "sha256": manifest.get("sha256")}
-
-
 def job_env_vars(settings: Any) -> dict[str, str]:
     """Environment every Ray job of a DAG gets, so jobs and check tasks see the same config and data."""
     env = {"LLMCF_HOME": str(settings.home), "LLMCF_PROFILE": settings.profile}

@@ -173,18 +173,10 @@ def verify_cot_published(
             )
         model_version = model_version or current["model_version"]
         prompt_version = prompt_version or current["prompt_version"]
+    from llmcf_core.quality.publish import verify_published
+
     folder = version_dir(paths, day, model_version, prompt_version)
-    try:
-        manifest = json.loads((folder / "_SUCCESS").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidArgument(f"{folder} is not published for partition {partition} (no _SUCCESS)") from None
-    if manifest.get("partition") != partition:
-        raise InvalidArgument(
-            f"{folder} manifest is for partition {manifest.get('partition')}, not {partition}"
-        )
-    checks = manifest.get("checks") or {}
-    if checks.get("success") is not True:
-        raise InvalidArgument(f"{folder} was published without a passed cot check: {checks.get('success')}")
+    manifest = verify_published(folder, partition=partition)
     return {
         "partition": partition,
         "path": str(folder),

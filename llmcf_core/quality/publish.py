@@ -94,3 +94,35 @@ def publish_checked(
     for stale in clear:
         fsio.rmtree(stale)
     return result
+
+
+def verify_published(
+    folder: Any, *, partition: str | None = None, reports: tuple[str, ...] = ("checks",)
+) -> dict[str, Any]:
+    """The gate every DAG check task uses: ``folder`` is published (a ``_SUCCESS`` manifest), for
+    ``partition`` when given, and each named report in its manifest passed (``success`` is True: a
+    missing report fails). Returns the manifest; raises ``InvalidArgument`` (not retried) naming
+    the folder and the rule otherwise. Reads the manifest only."""
+    from llmcf_core.paths import InvalidArgument
+
+    manifest = storage.read_manifest(folder)
+    if manifest is None:
+        raise InvalidArgument(
+            f"{folder} is not published{f' for partition {partition}' if partition else ''} (no _SUCCESS manifest)"
+        )
+    if partition is not None and manifest.get("partition") != partition:
+        raise InvalidArgument(
+            f"{folder} manifest is for partition {manifest.get('partition')}, not {partition}"
+        )
+    for key in reports:
+        report = manifest.get(key)
+        if not isinstance(report, dict) or report.get("success") is not True:
+            failures = (
+                [f.get("rule") for f in (report or {}).get("failures", [])]
+                if isinstance(report, dict)
+                else []
+            )
+            raise InvalidArgument(
+                f"{folder}: check {key!r} did not pass: {failures or ('no report' if report is None else report)}"
+            )
+    return manifest

@@ -13,26 +13,8 @@ from typing import Any
 
 from llmcf_core.config import Settings
 from llmcf_core.paths import InvalidArgument, parse_partition
+from llmcf_core.quality.publish import verify_published
 from llmcf_core.retrieval.layout import RetrievalPaths
-from llmcf_core.storage import read_manifest
-
-
-def _passed(manifest: dict[str, Any], key: str, where: str) -> None:
-    report = manifest.get(key) or {}
-    if report.get("success") is not True:
-        failures = [f.get("rule") for f in report.get("failures", [])]
-        raise InvalidArgument(f"{where}: check {key!r} did not pass: {failures or report or 'no report'}")
-
-
-def _manifest(folder: Any, partition: str) -> dict[str, Any]:
-    manifest = read_manifest(folder)
-    if manifest is None:
-        raise InvalidArgument(f"{folder} is not published for partition {partition} (no _SUCCESS manifest)")
-    if manifest.get("partition") != partition:
-        raise InvalidArgument(
-            f"{folder} manifest is for partition {manifest.get('partition')}, not {partition}"
-        )
-    return manifest
 
 
 def _check_cot_version(manifest: dict[str, Any], expected: str | None, where: str) -> str:
@@ -52,9 +34,7 @@ def verify_pool_published(
     built from CoT version ``cot_version`` when given."""
     paths = RetrievalPaths(settings.home, dataset, settings.embedding.embedder)
     folder = paths.pool(parse_partition(partition))
-    manifest = _manifest(folder, partition)
-    _passed(manifest, "checks", str(folder))
-    _passed(manifest, "qdrant", str(folder))
+    manifest = verify_published(folder, partition=partition, reports=("checks", "qdrant"))
     spec = manifest.get("spec") or {}
     if spec.get("embedder") != settings.embedding.embedder or spec.get("dim") != settings.embedding.dim:
         raise InvalidArgument(f"{folder} was built for {spec}, not the configured embedder")
@@ -74,9 +54,7 @@ def verify_neighbors_published(
     from CoT version ``cot_version`` when given."""
     paths = RetrievalPaths(settings.home, dataset, settings.embedding.embedder)
     folder = paths.neighbors(parse_partition(partition), task)
-    manifest = _manifest(folder, partition)
-    _passed(manifest, "checks", str(folder))
-    _passed(manifest, "agreement", str(folder))
+    manifest = verify_published(folder, partition=partition, reports=("checks", "agreement"))
     if manifest.get("k") != settings.retrieval.k:
         raise InvalidArgument(f"{folder} has k={manifest.get('k')}, configured k={settings.retrieval.k}")
     return {

@@ -88,7 +88,7 @@ def test_gate_checks_the_current_version_of_the_day(tmp_path):
         "prompt_version": "v1-lc",
     }
     storage.publish_table(pa.table({"x": [1]}), folder, {**meta, "checks": {"success": False}})
-    with pytest.raises(InvalidArgument, match="without a passed cot check"):
+    with pytest.raises(InvalidArgument, match="check .checks. did not pass"):
         layout.verify_cot_published(tmp_path, "ml-100k", DAY.isoformat())
     storage.publish_table(
         pa.table({"x": [1, 2]}), folder, {**meta, "checks": {"success": True}, "failed_rows": 0}

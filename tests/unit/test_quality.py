@@ -641,3 +641,29 @@ def test_reject_quarantines_failing_rows_and_publish_checked_clears_it(tmp_path)
     manifest = storage.read_manifest(final)
     assert result.rows == 2 and manifest["dataset"] == "d" and manifest["checks"]["success"] is True
     assert not quarantine.exists()
+
+
+def test_verify_published_is_one_strict_gate(tmp_path):
+    """Every check task's gate: a manifest, the partition it names, and each named report passed;
+    a missing report fails like a failed one (no gate lets an unchecked partition through)."""
+    from llmcf_core import storage
+    from llmcf_core.paths import InvalidArgument
+    from llmcf_core.quality.publish import verify_published
+
+    folder = tmp_path / "samples" / "dt=2024-05-01"
+    with pytest.raises(InvalidArgument, match="not published for partition 2024-05-01"):
+        verify_published(folder, partition="2024-05-01")
+    storage.publish_table(pa.table({"x": [1]}), folder, {"partition": "2024-05-01"})
+    with pytest.raises(InvalidArgument, match="check 'checks' did not pass: no report"):
+        verify_published(folder, partition="2024-05-01")
+    failed = {"success": False, "failures": [{"rule": "unique(sample_id)"}]}
+    storage.publish_table(pa.table({"x": [3]}), folder, {"partition": "2024-05-01", "checks": failed})
+    with pytest.raises(InvalidArgument, match=r"did not pass: \['unique\(sample_id\)'\]"):
+        verify_published(folder, partition="2024-05-01")
+    ok = {"partition": "2024-05-01", "checks": {"success": True}, "agreement": {"success": True}}
+    storage.publish_table(pa.table({"x": [1, 2]}), folder, ok)
+    with pytest.raises(InvalidArgument, match="is for partition 2024-05-01, not 2024-05-02"):
+        verify_published(folder, partition="2024-05-02")
+    with pytest.raises(InvalidArgument, match="'qdrant' did not pass"):
+        verify_published(folder, reports=("checks", "qdrant"))
+    assert verify_published(folder, partition="2024-05-01", reports=("checks", "agreement"))["rows"] == 2
