@@ -35,6 +35,8 @@ from airflow.sdk import BaseHook, BaseOperator, BaseOperatorLink, Param
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from jobs._cli import EXIT_BAD_ARGS, EXIT_CHECK_FAILED, SUMMARY_PREFIX
+
 if TYPE_CHECKING:
     from airflow.sdk import Context
     from ray.job_submission import JobDetails, JobSubmissionClient
@@ -45,7 +47,7 @@ TRIGGER_CLASSPATH = "llmcf_airflow.ray_job.RayJobTrigger"
 ACTIVE_STATUSES = frozenset({"PENDING", "RUNNING"})
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 # Exit codes of our jobs that no retry can fix: 2 = bad arguments, 3 = failed data check.
-NON_RETRYABLE_EXIT_CODES = frozenset({2, 3})
+NON_RETRYABLE_EXIT_CODES = frozenset({EXIT_BAD_ARGS, EXIT_CHECK_FAILED})
 LOG_TAIL_LINES = 30
 MAX_ATTEMPTS = 100
 # Ray 2.60 JobInfo.message for a non-zero exit (job_supervisor.py):
@@ -55,7 +57,7 @@ _JOB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 # Every job under jobs/ ends by printing one line ``LLMCF_RESULT {json}`` (jobs/_cli.py run_job): what
 # it wrote (paths, partition, rows, versions). The operator returns the last such line as the task's
 # XCom ``result``, so later tasks take the job's own answer instead of working it out again.
-RESULT_PREFIX = "LLMCF_RESULT "
+RESULT_PREFIX = SUMMARY_PREFIX
 
 
 class RayJobError(AirflowException):
@@ -368,7 +370,7 @@ class JobWatcher:
             self._client = job_client(self.dashboard_url)
         return self._client
 
-    def _new_lines(self, final: bool) -> list[str]:
+    def read_new_lines(self, final: bool) -> list[str]:
         """Complete lines written since the last call (a trailing partial line waits, unless final)."""
         if not self.fetch_logs:
             return []
@@ -414,7 +416,7 @@ class JobWatcher:
                     "(head restarted or job deleted)",
                 ), []
             status = _status(info)
-            lines = self._new_lines(final=status in TERMINAL_STATUSES)
+            lines = self.read_new_lines(final=status in TERMINAL_STATUSES)
             self._errors, self._first_error = 0, None
         except Exception as exc:  # noqa: BLE001 - transient errors (dashboard restart) are tolerated a while
             self._errors += 1
@@ -447,7 +449,7 @@ class JobWatcher:
                 if info is None or _status(info) in TERMINAL_STATUSES:
                     break
                 time.sleep(1)
-            self._new_lines(final=True)
+            self.read_new_lines(final=True)
         return self.event(
             "TIMEOUT",
             f"Ray job {self.submission_id} exceeded the job timeout and was stopped "
@@ -724,7 +726,7 @@ class RayJobOperator(BaseOperator):
         if attempt.action == "already_succeeded":
             # The earlier run's result line: read its whole log once (the job is over, the log is final).
             watcher = JobWatcher(sid, dashboard_url)
-            watcher._new_lines(final=True)
+            watcher.read_new_lines(final=True)
             return {**raise_for_event(watcher.event("SUCCEEDED", "")), "reused": True}
 
         started = (attempt.info.start_time or time.time() * 1000) / 1000.0
