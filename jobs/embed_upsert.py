@@ -2,6 +2,7 @@
 
     python -m jobs.embed_upsert --dataset ml-100k --partition 1998-01-15
     python -m jobs.embed_upsert --dataset ml-100k --rebuild          # new collection + alias swap
+    python -m jobs.embed_upsert --dataset ml-1m --items-only         # item texts only, no CoT pool
 
 Rerunning a partition rewrites the same points (UUID5 ids from sample_id): counts do not change.
 A new embedder or a new current CoT version triggers a full rebuild (new collection, count check,
@@ -26,19 +27,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rebuild", action="store_true", help="load every CoT day into a new collection, then swap the alias"
     )
+    parser.add_argument(
+        "--items-only",
+        action="store_true",
+        help="embed the item texts only (what the recommender's text fields read): bases can train "
+        "on a dataset that has no CoT pool yet",
+    )
     parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
     args = parser.parse_args(argv)
 
     def body() -> dict:
         from llmcf_core.config import load_config
-        from llmcf_core.paths import check_dataset_name, parse_partition
+        from llmcf_core.paths import InvalidArgument, check_dataset_name, parse_partition
         from llmcf_core.retrieval.upsert import embed_upsert
 
         dataset = check_dataset_name(args.dataset)
+        settings = load_config(args.profile)
+        if args.items_only:
+            if args.partition or args.rebuild or args.cot_version:
+                raise InvalidArgument("--items-only takes no --partition, --rebuild or --cot-version")
+            from llmcf_core.retrieval.embed import ensure_item_vectors
+            from llmcf_core.retrieval.layout import RetrievalPaths
+
+            items = ensure_item_vectors(settings, dataset)
+            folder = RetrievalPaths(settings.home, dataset, settings.embedding.embedder).items
+            return {"dataset": dataset, "items": len(items.ids), "path": str(folder)}
         day = parse_partition(args.partition) if args.partition else None
-        return embed_upsert(
-            load_config(args.profile), dataset, day, cot_version=args.cot_version, rebuild=args.rebuild
-        )
+        return embed_upsert(settings, dataset, day, cot_version=args.cot_version, rebuild=args.rebuild)
 
     return run_job("embed_upsert", body)
 

@@ -251,3 +251,18 @@ def test_a_collection_that_lost_points_fails_the_count_check(home, settings, cap
     # the fix: a full rebuild reloads every day from the CoT partitions
     assert embed_job.main(["--dataset", DATASET, "--partition", "2024-05-02", "--rebuild"]) == 0
     assert _result(capsys)["points_in_collection"] == 29
+
+
+def test_items_only_embeds_item_texts_without_a_cot_pool(home, settings, capsys):
+    """A dataset with samples but no CoT pool yet (bases only): `--items-only` publishes the item
+    vectors the recommender's text fields read, touches no collection, and refuses pool arguments."""
+    shutil.rmtree(DataPaths(home, DATASET).artifact("cot"))  # no CoT at all
+    assert embed_job.main(["--dataset", DATASET, "--items-only"]) == 0
+    result = _result(capsys)
+    items = storage.read_partition(result["path"])
+    assert result["items"] == items.num_rows > 0
+    assert storage.read_manifest(result["path"])["embedder"] == settings.embedding.embedder
+    with _store(settings) as store:
+        assert store.live(DATASET) is None
+    assert embed_job.main(["--dataset", DATASET, "--items-only", "--partition", "2024-05-01"]) == 2
+    assert "--items-only takes no --partition" in capsys.readouterr().err
