@@ -62,7 +62,7 @@ def run_day(
     from llmcf_core.cot.pipeline import generate_cot_partition
     from llmcf_core.data.ingest import ingest_partition
     from llmcf_core.retrieval.retrieve import retrieve_partition
-    from llmcf_core.retrieval.upsert import embed_upsert
+    from llmcf_core.retrieval.upsert import embed_upsert, has_cot_partition
 
     out: dict[str, Any] = {}
     for stage in stages:
@@ -73,7 +73,7 @@ def run_day(
             elif stage == "cot":
                 out["cot_generated"] = generate_cot_partition(settings, dataset, day).generated
             elif stage == "embed":
-                if skip_missing_cot and not _cot_published(settings, dataset, day):
+                if skip_missing_cot and not has_cot_partition(settings, dataset, day):
                     log.warning(
                         "%s dt=%s has no published CoT partition: not added to the pool", dataset, day
                     )
@@ -89,17 +89,6 @@ def run_day(
             raise
         out[f"{stage}_s"] = round(time.perf_counter() - started, 2)
     return out
-
-
-def _cot_published(settings: Any, dataset: str, day: dt.date) -> bool:
-    from llmcf_core import storage
-    from llmcf_core.retrieval.layout import RetrievalPaths
-    from llmcf_core.retrieval.upsert import current_spec
-
-    spec = current_spec(settings, dataset, None)
-    return storage.is_published(
-        RetrievalPaths(settings.home, dataset, spec.embedder).cot_partition(day, spec.cot)
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

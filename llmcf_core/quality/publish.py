@@ -116,13 +116,9 @@ def verify_published(
         )
     for key in reports:
         report = manifest.get(key)
+        if report is None:
+            raise InvalidArgument(f"{folder}: check {key!r} did not pass: no report")
         if not isinstance(report, dict) or report.get("success") is not True:
-            failures = (
-                [f.get("rule") for f in (report or {}).get("failures", [])]
-                if isinstance(report, dict)
-                else []
-            )
-            raise InvalidArgument(
-                f"{folder}: check {key!r} did not pass: {failures or ('no report' if report is None else report)}"
-            )
+            failures = [f.get("rule") for f in report.get("failures", [])] if isinstance(report, dict) else []
+            raise InvalidArgument(f"{folder}: check {key!r} did not pass: {failures or report}")
     return manifest

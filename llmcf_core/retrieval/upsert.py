@@ -42,6 +42,14 @@ def current_spec(settings: Settings, dataset: str, cot_version: str | None = Non
     return PoolSpec(dataset, emb.embedder, emb.dim, version.model_version, version.prompt_version)
 
 
+def has_cot_partition(settings: Settings, dataset: str, day: dt.date, cot_version: str | None = None) -> bool:
+    """Whether ``day`` has a published CoT partition of the pool's CoT version (what
+    :func:`embed_upsert` needs for that day)."""
+    spec = current_spec(settings, dataset, cot_version)
+    paths = RetrievalPaths(settings.home, dataset, spec.embedder)
+    return storage.is_published(paths.cot_partition(day, spec.cot))
+
+
 def embed_upsert(
     settings: Settings,
     dataset: str,
