@@ -115,7 +115,7 @@ def publish_pool_table(paths: RetrievalPaths, spec: PoolSpec, day: dt.date, pts:
         "spec": spec.to_dict(),
         "checks": {"success": True},
     }
-    storage.publish_table(table, paths.pool(day), meta)
+    storage.publish_table(table, paths.pool(day, spec.cot), meta)
 
 
 def in_fraction(sample_id: str, fraction: float) -> bool:

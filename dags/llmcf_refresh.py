@@ -21,6 +21,13 @@ decision, with the baseline, as its XCom).
 data interval). Manual runs take the `partition` param, else the logical date picked in the
 trigger form.
 
+**CoT versions**: each run works on the CoT version its `cot` task wrote (the `cot_model` param;
+default `current`, the model of the promoted version) and passes it to embed, retrieve and the
+recommender; the version's pool, neighbours and Qdrant collection live beside other versions'.
+Runs never move `cot/CURRENT` or the Qdrant alias `llmcf_<dataset>`: `python -m jobs.promote_cot`
+does, after checking the version covers every day (docs/runbook.md). A manual run with another
+model therefore cannot change what the daily runs and online scoring read.
+
 **On failure**: data-check failures (Ray job exit code 3) and bad arguments (exit code 2) fail at
 once and quarantine the failing rows under `<dataset>/quarantine/`; infrastructure errors are
 retried with backoff. Every failure logs one `LLMCF_FAILURE ...` line. See docs/runbook.md for
@@ -163,11 +170,13 @@ with DAG(
             description="Stages not listed are skipped (their outputs must already exist).",
         ),
         "cot_model": Param(
-            SETTINGS.cot.model,
+            "current",
             type="string",
             title="CoT model",
-            description="Base model name (smollm2-135m, tiny-llama), a model folder, recgen:latest or "
-            "recgen:<version>.",
+            description="current (the model of the promoted CoT version; "
+            f"{SETTINGS.cot.model} before any promotion), a base model name (smollm2-135m, tiny-llama), "
+            "a model folder, recgen:latest or recgen:<version>. Another model writes its own CoT "
+            "version for this run only; promoting it is `jobs.promote_cot`.",
         ),
         "cot_backend": Param(
             SETTINGS.cot.backend,
@@ -231,7 +240,8 @@ with DAG(
             "generate_cot",
             ["--model", "{{ params.cot_model }}", "--backend", "{{ params.cot_backend }}"],
             "Ray job `python -m jobs.generate_cot`: batched generation on a Ray Data actor pool (or vLLM), "
-            "resumable by blocks; GX-checked before publishing; moves `cot/CURRENT`.",
+            "resumable by blocks; GX-checked before publishing; writes this run's CoT version (never "
+            "moves `cot/CURRENT`).",
         )
 
         @task(outlets=[cot_asset], retries=0)
@@ -263,7 +273,7 @@ with DAG(
             "embed_upsert",
             ["--cot-version", COT_VERSION],
             "Ray job `python -m jobs.embed_upsert`: sentence-encoder embeddings on Ray Data, idempotent "
-            "upserts (UUID5 ids) into the collection behind alias `llmcf_<dataset>`, count-checked.",
+            "upserts (UUID5 ids) into the collection of this run's CoT version, count-checked.",
         )
 
         @task(outlets=[pool_asset], retries=0)
@@ -327,7 +337,15 @@ with DAG(
                 task_id,
                 "recommender",
                 "train_rec",
-                ["--model", "{{ params.rec_model }}", "--variant", variant, "--warm-start"],
+                [
+                    "--model",
+                    "{{ params.rec_model }}",
+                    "--variant",
+                    variant,
+                    "--warm-start",
+                    "--cot-version",
+                    COT_VERSION,
+                ],
                 f"Ray job `python -m jobs.train_rec --variant {variant}`: {doc}",
             )
             job.trigger_rule = "all_success"

@@ -1,12 +1,15 @@
 """Ray job: embed one day's CoT pool, upsert it into Qdrant, verify the counts, publish.
 
     python -m jobs.embed_upsert --dataset ml-100k --partition 1998-01-15
-    python -m jobs.embed_upsert --dataset ml-100k --rebuild          # new collection + alias swap
+    python -m jobs.embed_upsert --dataset ml-100k --partition 1998-01-15 --cot-version M__P
+    python -m jobs.embed_upsert --dataset ml-100k --rebuild          # a new build of the version
     python -m jobs.embed_upsert --dataset ml-1m --items-only         # item texts only, no CoT pool
 
-Rerunning a partition rewrites the same points (UUID5 ids from sample_id): counts do not change.
-A new embedder or a new current CoT version triggers a full rebuild (new collection, count check,
-atomic swap of the alias llmcf_<dataset>; the previous collection is kept for rollback).
+Each CoT version has its own pool partitions and collection. Rerunning a partition rewrites the
+same points (UUID5 ids from sample_id): counts do not change. A version without a collection (or
+--rebuild) gets a full build (new collection, count checks). The alias llmcf_<dataset> is moved
+only when the new build replaces the promoted version's own collection; making another version
+live is jobs.promote_cot's job.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         "--cot-version", help="MODEL_VERSION__PROMPT_VERSION (default: <dataset>/cot/CURRENT)"
     )
     parser.add_argument(
-        "--rebuild", action="store_true", help="load every CoT day into a new collection, then swap the alias"
+        "--rebuild",
+        action="store_true",
+        help="load every CoT day of the version into a new collection (the alias follows only if it "
+        "named this version)",
     )
     parser.add_argument(
         "--items-only",

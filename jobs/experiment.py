@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--until", help="last day (YYYY-MM-DD) of data; default: every published day")
     parser.add_argument("--partition", help="alias of --until")
     parser.add_argument("--embedder")
+    parser.add_argument(
+        "--cot-version",
+        help="MODEL_VERSION__PROMPT_VERSION of the pool and neighbours (default: <dataset>/cot/CURRENT)",
+    )
     parser.add_argument("--workers", type=int, help="Ray Train workers per run (0 = in-process)")
     parser.add_argument("--max-epochs", type=int)
     parser.add_argument("--out", help="output folder (default docs/results in the checkout)")
@@ -71,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             max_epochs=args.max_epochs,
             command=["python", "-m", "jobs.experiment", *(argv if argv is not None else sys.argv[1:])],
             fresh=args.fresh,
+            cot_version=args.cot_version,
         )
         return report.to_dict()
 

@@ -2,10 +2,12 @@
 
     python -m jobs.generate_cot --dataset ml-100k --partition 1998-01-15
     python -m jobs.generate_cot --dataset ml-1m --partition 2000-12-01 --model recgen:latest --backend vllm
+    python -m jobs.generate_cot --dataset ml-100k --partition 1998-01-15 --model current
     python -m jobs.generate_cot --dataset ml-100k --partition 1998-01-15 \
-        --set cot.pool_fraction=0.1 --set cot.max_new_tokens=128 --no-promote
+        --set cot.pool_fraction=0.1 --set cot.max_new_tokens=128
 
-Reruns are cheap and safe: finished samples and committed blocks are kept (see docs/cot.md).
+Reruns are cheap and safe: finished samples and committed blocks are kept (see docs/cot.md). The
+job writes its own CoT version and never moves ``cot/CURRENT``: ``jobs.promote_cot`` does.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from jobs._cli import add_overrides, load_settings, run_job
 
 
-def cot_settings(base, model: str | None, backend: str | None, promote: bool | None):
+def cot_settings(base, model: str | None, backend: str | None):
     """The ``cot`` config (``--set`` overrides already applied) with the job's own options."""
     from pydantic import ValidationError
 
@@ -28,8 +30,6 @@ def cot_settings(base, model: str | None, backend: str | None, promote: bool | N
         update["model"] = model
     if backend:
         update["backend"] = backend
-    if promote is not None:
-        update["promote"] = promote
     try:
         return CotConfig.model_validate({**base.model_dump(), **update})
     except ValidationError as exc:
@@ -40,18 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.generate_cot", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, help="configured dataset, e.g. ml-100k")
     parser.add_argument("--partition", required=True, help="UTC day, YYYY-MM-DD")
-    parser.add_argument("--model", help="recgen:latest, recgen:<version>, a base model name or a folder")
+    parser.add_argument(
+        "--model",
+        help="recgen:latest, recgen:<version>, a base model name, a folder, or current (the model of "
+        "the promoted CoT version; cot.model before any promotion). Default: cot.model",
+    )
     parser.add_argument(
         "--backend",
         choices=["auto", "transformers", "vllm"],
         help="default: config cot.backend; vllm re-executes this job with the vLLM venv's Python",
-    )
-    promote = parser.add_mutually_exclusive_group()
-    promote.add_argument(
-        "--promote", dest="promote", action="store_true", default=None, help="move cot/CURRENT"
-    )
-    promote.add_argument(
-        "--no-promote", dest="promote", action="store_false", help="leave cot/CURRENT as it is"
     )
     add_overrides(parser, "cot.pool_fraction=0.1")
     parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
@@ -59,13 +56,19 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> dict:
         from llmcf_core.cot.backend import reexec_for_vllm, resolve_backend
+        from llmcf_core.cot.layout import model_for_run
         from llmcf_core.cot.pipeline import generate_cot_partition
-        from llmcf_core.paths import check_dataset_name, parse_partition
+        from llmcf_core.paths import DataPaths, check_dataset_name, parse_partition
 
         day = parse_partition(args.partition)
         dataset = check_dataset_name(args.dataset)
         settings = load_settings(args.profile, args.set)
-        cot = cot_settings(settings.cot, args.model, args.backend, args.promote)
+        model = (
+            model_for_run(DataPaths(settings.home, dataset), args.model, settings.cot.model)
+            if args.model
+            else None
+        )
+        cot = cot_settings(settings.cot, model, args.backend)
         # Only from the command line: called in-process (argv given) it never replaces its caller.
         if argv is None and resolve_backend(cot) == "vllm":
             reexec_for_vllm(cot, "jobs.generate_cot", sys.argv[1:])

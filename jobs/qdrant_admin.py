@@ -7,7 +7,9 @@
     python -m jobs.qdrant_admin drop     --dataset ml-100k --collection NAME
 
 Prints the operation's outcome as JSON; exit code 2 on a refused request (unknown collection,
-dropping the live one, a missing --collection).
+dropping the live one, a missing --collection). swap and rollback also point cot/CURRENT at the
+CoT version of the collection they make live (the alias and CURRENT move together); to make another
+CoT version live use python -m jobs.promote_cot, which checks that it covers every day first.
 """
 
 from __future__ import annotations

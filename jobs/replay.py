@@ -3,7 +3,7 @@
     python -m jobs.replay --dataset ml-100k --from 1997-09-20 --to 1998-04-22
     python -m jobs.replay --dataset ml-100k --from 1997-09-20 --to 1998-04-22 \
         --stages samples,cot,embed,neighbors --tasks ctr,next_item \
-        --set cot.pool_fraction=0.01 --set cot.ray_min_prompts=64
+        --set cot.pool_fraction=0.01 --set cot.ray_min_prompts=64 --promote
 
 This is the bootstrap path for history (a new dataset, a new environment, the experiment's
 inputs): the same stage functions as `llmcf_refresh`'s jobs (`jobs.ingest`, `jobs.generate_cot`,
@@ -14,7 +14,10 @@ in-context examples read the days before it; the first failure stops the replay 
 day and stage. Every stage is idempotent, so rerunning the same command resumes: published days
 are recomputed cheaply and left byte-identical (CoTs and Qdrant points are reused, not redone).
 
-Day-to-day operation stays with `llmcf_refresh` (one run per partition, retries, alerts).
+The stages work on one CoT version: `--cot-version`, else the one the configured `cot` settings
+write when the cot stage runs, else the promoted one (`cot/CURRENT`). `--promote` promotes it at the
+end (`jobs.promote_cot`: CURRENT and the Qdrant alias); without it the shared pointers stay as they
+were. Day-to-day operation stays with `llmcf_refresh` (one run per partition, retries, alerts).
 """
 
 from __future__ import annotations
@@ -52,10 +55,12 @@ def run_day(
     tasks: list[str],
     logs: dict[str, str | None] | None = None,
     skip_missing_cot: bool = False,
+    cot_version: str | None = None,
 ) -> dict[str, Any]:
     """Run ``stages`` for one day; {stage: seconds, ...} plus the rows each stage published.
 
-    With ``skip_missing_cot`` a day without a published CoT partition of the current version adds
+    The embed and neighbors stages use CoT version ``cot_version`` (None: the promoted one).
+    With ``skip_missing_cot`` a day without a published CoT partition of that version adds
     nothing to the in-context pool (``embed_skipped``: True) instead of stopping the replay; its
     samples still get neighbours from the earlier days' pool.
     """
@@ -73,16 +78,18 @@ def run_day(
             elif stage == "cot":
                 out["cot_generated"] = generate_cot_partition(settings, dataset, day).generated
             elif stage == "embed":
-                if skip_missing_cot and not has_cot_partition(settings, dataset, day):
+                if skip_missing_cot and not has_cot_partition(settings, dataset, day, cot_version):
                     log.warning(
                         "%s dt=%s has no published CoT partition: not added to the pool", dataset, day
                     )
                     out["embed_skipped"] = True
                 else:
-                    out["pool_rows"] = embed_upsert(settings, dataset, day).get("rows")
+                    out["pool_rows"] = embed_upsert(settings, dataset, day, cot_version=cot_version).get(
+                        "rows"
+                    )
             else:
                 for task in tasks:
-                    retrieve_partition(settings, dataset, day, task=task)
+                    retrieve_partition(settings, dataset, day, task=task, cot_version=cot_version)
         except Exception as exc:
             # Keep the type (the exit code depends on it), say where the replay stopped.
             exc.add_note(f"replay stopped at {dataset} dt={day.isoformat()} stage {stage}")
@@ -109,6 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         help="embed stage: a day with no published CoT partition adds nothing to the pool instead of "
         "stopping the replay (a pool generated for part of the days); the result lists those days",
     )
+    parser.add_argument(
+        "--cot-version",
+        help="MODEL_VERSION__PROMPT_VERSION for the embed and neighbors stages (default: what the cot "
+        "settings write when the cot stage runs, else <dataset>/cot/CURRENT)",
+    )
+    parser.add_argument(
+        "--promote",
+        action="store_true",
+        help="promote the replay's CoT version at the end (cot/CURRENT and the Qdrant alias, as "
+        "jobs.promote_cot)",
+    )
     add_overrides(parser, "cot.pool_fraction=0.01")
     parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
     args = parser.parse_args(argv)
@@ -130,6 +148,16 @@ def main(argv: list[str] | None = None) -> int:
             # (argv given) it never replaces its caller's process: the CoT stage then says what is missing.
             if argv is None and resolve_backend(settings.cot) == "vllm":
                 reexec_for_vllm(settings.cot, "jobs.replay", sys.argv[1:])
+        cot_version = args.cot_version
+        if not cot_version and "cot" in stages:
+            from llmcf_core.cot.pipeline import version_written
+
+            cot_version = version_written(settings.cot, settings.home)
+        if args.promote and not cot_version:
+            from llmcf_core.retrieval.layout import RetrievalPaths, read_current_cot
+
+            paths = RetrievalPaths(settings.home, dataset, settings.embedding.embedder)
+            cot_version = read_current_cot(paths).folder
         days = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
         totals: dict[str, float] = {}
         rows = {"samples_rows": 0, "cot_generated": 0, "pool_rows": 0}
@@ -144,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 tasks,
                 {"interactions": args.interactions, "items": args.items, "users": args.users},
                 skip_missing_cot=args.skip_days_without_cot,
+                cot_version=cot_version,
             )
             if info.pop("embed_skipped", False):
                 skipped.append(day.isoformat())
@@ -153,8 +182,15 @@ def main(argv: list[str] | None = None) -> int:
                 elif key in rows and value:
                     rows[key] += int(value)
             log.info("replay %s dt=%s (%d/%d): %s", dataset, day, n, len(days), info)
+        promoted = None
+        if args.promote:
+            from llmcf_core.retrieval.promote import promote
+
+            promoted = promote(settings, dataset, cot_version)
         return {
             "dataset": dataset,
+            "cot_version": cot_version,
+            "promoted": promoted,
             "from": start.isoformat(),
             "to": end.isoformat(),
             "days": len(days),

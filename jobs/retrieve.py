@@ -3,8 +3,9 @@
     python -m jobs.retrieve --dataset ml-100k --partition 1998-01-15
     python -m jobs.retrieve --dataset ml-100k --partition 1998-01-15 --task next_item
 
-Writes <dataset>/neighbors/dt=D/ (task ctr) or <dataset>/neighbors_next_item/dt=D/ after
-verifying the leakage rules and Qdrant's agreement with the exact search.
+Writes <dataset>/neighbors/<cot version>/dt=D/ (task ctr) or
+<dataset>/neighbors_next_item/<cot version>/dt=D/ after verifying the leakage rules and the
+agreement of the version's Qdrant collection with the exact search.
 """
 
 from __future__ import annotations

@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partition", help="alias of --until (the DAG's partition)")
     parser.add_argument("--embedder", help="embeddings/<embedder>/ to read (default: config)")
     parser.add_argument(
+        "--cot-version",
+        help="MODEL_VERSION__PROMPT_VERSION of the pool and neighbours (default: <dataset>/cot/CURRENT)",
+    )
+    parser.add_argument(
         "--workers", type=int, help="Ray Train workers (default rec.num_workers; 0 = in-process)"
     )
     parser.add_argument("--max-epochs", type=int, help="default rec.max_epochs")
@@ -71,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             max_epochs=args.max_epochs,
             force=args.force,
             warm_start=args.warm_start,
+            cot_version=args.cot_version or None,
         )
         out = result.to_dict()
         if args.publish:

@@ -41,39 +41,52 @@ def _airflow_home() -> Path:
     return Path(os.environ.get("AIRFLOW_HOME") or REPO_ROOT / ".airflow").resolve()
 
 
-def _stage_rows(settings, dataset: str, day: dt.date) -> dict[str, str]:
-    """Rows published by each stage for one day ('-' where nothing is published)."""
-    from llmcf_core.cot.layout import read_current, version_dir
-    from llmcf_core.retrieval.layout import RetrievalPaths
+def _runs_cot_version(settings, dataset: str) -> str:
+    """The CoT version the demo's runs write: the refresh DAG's default ``cot_model`` (current)
+    resolved as its CoT job does."""
+    from llmcf_core.cot.layout import CURRENT_MODEL, model_for_run
+    from llmcf_core.cot.pipeline import version_written
 
-    paths = DataPaths(settings.home, dataset)
+    model = model_for_run(DataPaths(settings.home, dataset), CURRENT_MODEL, settings.cot.model)
+    return version_written(settings.cot.model_copy(update={"model": model}), settings.home)
+
+
+def _stage_rows(settings, dataset: str, day: dt.date, version: str) -> dict[str, str]:
+    """Rows published by each stage for one day and CoT version ('-' where nothing is published)."""
+    from llmcf_core.retrieval.layout import CotVersion, RetrievalPaths
+
     rpaths = RetrievalPaths(settings.home, dataset, settings.embedding.embedder)
-    current = read_current(paths)
+    cot = CotVersion.parse(version)
     folders = {
-        "samples": paths.samples(day),
-        "cot": version_dir(paths, day, current["model_version"], current["prompt_version"])
-        if current
-        else None,
-        "pool": rpaths.pool(day),
-        "neighbors": paths.partition("neighbors", day),
+        "samples": rpaths.data.samples(day),
+        "cot": rpaths.cot_partition(day, cot),
+        "pool": rpaths.pool(day, cot),
+        "neighbors": rpaths.neighbors(day, "ctr", cot),
     }
     out = {}
     for stage, folder in folders.items():
-        manifest = storage.read_manifest(folder) if folder is not None else None
+        manifest = storage.read_manifest(folder)
         out[stage] = str(manifest["rows"]) if manifest else "-"
     return out
 
 
-def _cot_manifest(settings, paths: DataPaths, day: dt.date) -> dict | None:
-    from llmcf_core.cot.layout import read_current, version_dir
+def _promote(settings, dataset: str, version: str) -> None:
+    """The operator's step after the runs: promote the CoT version they wrote (cot/CURRENT and the
+    Qdrant alias move only here, never inside a run)."""
+    from llmcf_core.retrieval.promote import promote
 
-    current = read_current(paths)
-    if not current:
-        return None
-    return storage.read_manifest(version_dir(paths, day, current["model_version"], current["prompt_version"]))
+    try:
+        done = promote(settings, dataset, version)
+    except Exception as exc:  # noqa: BLE001 - reported, and the demo fails below
+        print(f"promotion of CoT version {version} refused: {exc}")
+        raise SystemExit(1) from None
+    print(
+        f"promoted CoT version {done['cot_version']} (python -m jobs.promote_cot): cot/CURRENT and alias "
+        f"{done['alias']} -> {done['collection']} ({done['points']} points, {done['days']} days)"
+    )
 
 
-def _report(days: list[dt.date], dataset: str, outcomes: dict[str, str]) -> int:
+def _report(days: list[dt.date], dataset: str, outcomes: dict[str, str], version: str) -> int:
     settings = load_config()
     paths = DataPaths(settings.home, dataset)
     failures = 0
@@ -81,7 +94,7 @@ def _report(days: list[dt.date], dataset: str, outcomes: dict[str, str]) -> int:
     for day in days:
         outcome = outcomes[day.isoformat()]
         failures += outcome != "success"
-        rows = _stage_rows(settings, dataset, day)
+        rows = _stage_rows(settings, dataset, day, version)
         print(
             f"{day.isoformat():<12} {outcome:<8} {rows['samples']:>8} {rows['cot']:>6} {rows['pool']:>6} "
             f"{rows['neighbors']:>10}"
@@ -92,7 +105,10 @@ def _report(days: list[dt.date], dataset: str, outcomes: dict[str, str]) -> int:
         print(
             f"samples checks ({days[-1]}): {checks.get('evaluated', '?')} GX rules, success={checks.get('success')}"
         )
-    cot = _cot_manifest(settings, paths, days[-1])
+    from llmcf_core.retrieval.layout import CotVersion, RetrievalPaths
+
+    rpaths = RetrievalPaths(settings.home, dataset, settings.embedding.embedder)
+    cot = storage.read_manifest(rpaths.cot_partition(days[-1], CotVersion.parse(version)))
     if cot:
         dec = cot.get("decoding", {})
         print(
@@ -211,6 +227,7 @@ def run_demo() -> int:
     home = _airflow_home()
     env = airflow_env(home, ray_dashboard_url=ray.dashboard_url)
     outcomes: dict[str, str] = {}
+    version = _runs_cot_version(settings, demo.dataset)
     try:
         _bootstrap_history(settings, demo)
         airflow_cli(["db", "migrate"], env, capture_output=True)
@@ -247,7 +264,9 @@ def run_demo() -> int:
     finally:
         if ray.started:
             localray.stop_head(ray)
-    failures = _report(days, demo.dataset, outcomes)
+    if all(outcome == "success" for outcome in outcomes.values()):
+        _promote(settings, demo.dataset, version)
+    failures = _report(days, demo.dataset, outcomes, version)
     print(f"\nDemo finished in {time.perf_counter() - started:.0f}s; data root {settings.home}")
     print(
         "Open the Airflow UI over these runs: `make airflow-ui`, then http://127.0.0.1:8080 "

@@ -135,7 +135,6 @@ class CotConfig(_Strict):
     max_failure_rate: float = Field(0.05, ge=0, le=1)
     min_cot_chars: int = Field(16, ge=1)
     retry_failed: bool = True  # rerun regenerates rows recorded as failed
-    promote: bool = True  # move <dataset>/cot/CURRENT to this version after publishing
     # transformers backend: Ray Data actor pool running batched generate().
     batch_size: int = Field(16, ge=1)  # prompts per generate() call
     actors: int = Field(1, ge=1)

@@ -4,7 +4,8 @@ Public surface:
 
 - :func:`generate_cot_partition` (``pipeline``): the whole stage for one day partition: pool
   selection, prompts, generation in committed blocks (transformers actor pool or vLLM), the
-  data check, publication and the ``CURRENT`` pointer. ``jobs.generate_cot`` is its CLI.
+  data check and publication of the run's version (``CURRENT`` moves only by promotion,
+  ``llmcf_core.retrieval.promote``). ``jobs.generate_cot`` is its CLI.
 - :func:`check_cot` (``check``): the GX suite run before publishing.
 - :func:`verify_cot_published` (``layout``): the gate a DAG check task calls after the job.
 - :func:`resolve_cot_model`, :func:`read_current`, :func:`version_dir` (``layout``): where

@@ -2,14 +2,16 @@
 
 ::
 
-    <home>/<dataset>/cot/CURRENT                                   {"model_version", "prompt_version"}
+    <home>/<dataset>/cot/CURRENT                                   {"model_version", "prompt_version", "model"}
     <home>/<dataset>/cot/dt=D/<model_version>__<prompt_version>/   published (part + _SUCCESS)
     <home>/<dataset>/cot/dt=D/_blocks/<model_version>__<prompt_version>/block-00000.parquet
     <home>/models/recgen/<version>/  +  <home>/models/recgen/latest  {"version": ...}
 
 One published folder per version inside the day partition, so an old version stays readable
-while a new one is generated; ``CURRENT`` names the version downstream stages read. Standard
-library only: DAG check tasks import this module.
+while a new one is generated; ``CURRENT`` names the promoted version: what downstream stages read
+when a run names no version, and what ``--model current`` (the refresh DAG's default) extends. Only
+a promotion moves it (``llmcf_core.retrieval.promote``, ``jobs.promote_cot``), never a CoT run.
+Standard library only: DAG check tasks import this module.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ ARTIFACT = "cot"
 CURRENT_FILE = "CURRENT"
 BLOCKS_DIR = "_blocks"
 RECGEN_PREFIX = "recgen:"
+CURRENT_MODEL = "current"  # --model current: the model of the promoted version
 _VERSION_SEP = "__"
 _UNSAFE = re.compile(r"[^a-z0-9._-]+")
 _REGISTRY_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -76,24 +79,42 @@ def list_versions(paths: DataPaths, day: dt.date) -> list[str]:
 
 
 def read_current(paths: DataPaths) -> dict[str, str] | None:
-    """``{"model_version", "prompt_version"}`` named by ``<dataset>/cot/CURRENT``, or None."""
+    """``{"model_version", "prompt_version"[, "model"]}`` named by ``<dataset>/cot/CURRENT``, or
+    None. ``model`` is the model spec that wrote the version (pointers written before it lack it)."""
     try:
         data = json.loads((cot_root(paths) / CURRENT_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    return {"model_version": str(data["model_version"]), "prompt_version": str(data["prompt_version"])}
+    out = {"model_version": str(data["model_version"]), "prompt_version": str(data["prompt_version"])}
+    if data.get("model"):
+        out["model"] = str(data["model"])
+    return out
 
 
-def write_current(paths: DataPaths, model_version: str, prompt_version: str) -> bool:
-    """Point ``CURRENT`` at a version (write a temp file, then one atomic rename). True if it moved."""
+def write_current(
+    paths: DataPaths, model_version: str, prompt_version: str, model: str | None = None
+) -> bool:
+    """Point ``CURRENT`` at a version (write a temp file, then one atomic rename). True if it moved.
+    Called by the promotion only (``llmcf_core.retrieval.promote``)."""
     wanted = {
         "model_version": sanitize_version(model_version),
         "prompt_version": sanitize_version(prompt_version),
     }
+    if model:
+        wanted["model"] = model
     if read_current(paths) == wanted:
         return False
     fsio.write_text_atomic(cot_root(paths) / CURRENT_FILE, json.dumps(wanted, sort_keys=True))
     return True
+
+
+def model_for_run(paths: DataPaths, requested: str, default: str) -> str:
+    """The model spec a CoT run uses: ``requested``, or for ``current`` the model of the promoted
+    version (``default``, the configured model, before any promotion or for an old pointer)."""
+    if requested != CURRENT_MODEL:
+        return requested
+    current = read_current(paths) or {}
+    return current.get("model") or default
 
 
 @dataclass(frozen=True)
@@ -140,7 +161,11 @@ def resolve_cot_model(spec: str, home: Path) -> ModelRef:
         if not (folder / "config.json").is_file():
             raise InvalidArgument(f"RecGen version {version!r} has no model at {folder}")
         # Engines load local folders: a model in an object-store registry is copied to the cache.
-        return ModelRef(spec, fsio.local_copy(folder), sanitize_version(f"recgen-{version}"))
+        # The spec records the resolved version ("recgen:latest" -> "recgen:<version>"): a promoted
+        # CoT version's ``--model current`` must keep naming the model that wrote it.
+        return ModelRef(
+            f"{RECGEN_PREFIX}{version}", fsio.local_copy(folder), sanitize_version(f"recgen-{version}")
+        )
     try:
         folder = models.resolve_model(spec, home)
     except FileNotFoundError as exc:

@@ -1,4 +1,4 @@
-"""CoT generation for one day partition: pool -> prompts -> blocks -> check -> publish -> CURRENT.
+"""CoT generation for one day partition: pool -> prompts -> blocks -> check -> publish.
 
 1. Pool: the partition's train samples (a deterministic fraction of them if configured).
 2. Skip what exists: rows of the published version and of committed blocks are kept; only pool
@@ -11,8 +11,8 @@
    candidates of each block, keeps the best per sample (``score.py``) and commits the block.
 5. The merged table is checked (GX suite ``cot``); a failure quarantines the failing rows and
    raises :class:`DataCheckFailed` (committed blocks stay for the rerun). Otherwise it is
-   published atomically into ``cot/dt=D/<model_version>__<prompt_version>/``, the blocks are
-   removed and ``cot/CURRENT`` moves to this version (``promote``).
+   published atomically into ``cot/dt=D/<model_version>__<prompt_version>/`` and the blocks are
+   removed. ``cot/CURRENT`` is not touched: only a promotion moves it (``retrieval.promote``).
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ class CotResult:
     generated_tokens: int
     generation_s: float
     changed: bool
-    current_moved: bool
     checks: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -290,6 +289,14 @@ def _generate(
     return len(committer.committed), committer.generated_tokens, time.perf_counter() - started
 
 
+def version_written(cfg: CotConfig, home: Any) -> str:
+    """The CoT version (MODEL__PROMPT) a run with ``cfg`` writes (resolves the model, loads nothing)."""
+    ref = layout.resolve_cot_model(cfg.model, home)
+    return layout.version_name(
+        ref.model_version, effective_prompt_version(cfg.prompt_version, cfg.label_conditioned)
+    )
+
+
 def generate_cot_partition(
     settings: Settings,
     dataset: str,
@@ -396,7 +403,6 @@ def generate_cot_partition(
         clear=[quarantine_dir],
     )
     store.clear()
-    moved = layout.write_current(paths, mv, pv) if cfg.promote else False
     return CotResult(
         dataset=dataset,
         partition=partition,
@@ -414,6 +420,5 @@ def generate_cot_partition(
         generated_tokens=generated_tokens,
         generation_s=round(generation_s, 3),
         changed=published_result.changed,
-        current_moved=moved,
         checks={"cot": report.success},
     )

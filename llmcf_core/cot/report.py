@@ -279,12 +279,12 @@ def diversity(settings: Settings, dataset: str, version: CotVersion, embedder: s
 
     rpaths = RetrievalPaths(settings.home, dataset, embedder)
     labels, vectors, days, dim = [], [], 0, None
-    for day in rpaths.pool_days():
-        spec = PoolSpec.from_dict((storage.read_manifest(rpaths.pool(day)) or {}).get("spec"))
+    for day in rpaths.pool_days(version):
+        spec = PoolSpec.from_dict((storage.read_manifest(rpaths.pool(day, version)) or {}).get("spec"))
         if spec is None or spec.cot != version or (dim is not None and spec.dim != dim):
             continue
         dim = spec.dim
-        table = storage.read_partition(rpaths.pool(day), columns=["label", "cot_vec"])
+        table = storage.read_partition(rpaths.pool(day, version), columns=["label", "cot_vec"])
         labels.append(table.column("label").to_numpy().astype(np.int64))
         vectors.append(arrow_to_vectors(table.column("cot_vec"), dim))
         days += 1

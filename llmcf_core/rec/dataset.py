@@ -6,8 +6,10 @@ Reads (all published partitions with ``dt <= until``)::
     <ds>/items/                              item_id, genres
     <ds>/users/                              user_id, age_group, gender, occupation (optional)
     <ds>/embeddings/<embedder>/items/        item_id, vector            (item text embeddings)
-    <ds>/embeddings/<embedder>/pool/dt=D/    sample_id, cot_vec, ...    (llmcf* variants)
-    <ds>/<neighbors artifact>/dt=D/          sample_id, neighbor_ids, neighbor_padded (llmcf*)
+    <ds>/embeddings/<embedder>/pool/<cot version>/dt=D/    sample_id, cot_vec, ...    (llmcf*)
+    <ds>/<neighbors artifact>/<cot version>/dt=D/          sample_id, neighbor_ids, ... (llmcf*)
+
+(the CoT version: ``cot_version`` as given, else the dataset's promoted one, ``cot/CURRENT``)
 
 and joins them into ``RecTables``: plain numpy arrays indexed by sample row, whose ``batch(rows)``
 gathers the tensors a model reads (the sample, its K retrieved examples' own features, labels
@@ -37,6 +39,7 @@ import torch
 from llmcf_core import storage
 from llmcf_core.paths import DataPaths, InvalidArgument, check_dataset_name
 from llmcf_core.rec.spec import DataSpec
+from llmcf_core.retrieval.layout import RetrievalPaths, resolve_cot_version
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,7 @@ class RecTables:
     user_feature_names: list[str] = field(default_factory=list)
     user_feature_vocab: list[list[str]] = field(default_factory=list)
     control: str | None = None  # llmcf_random / llmcf_shufcot: how the examples were altered
+    cot_version: str | None = None  # MODEL__PROMPT of the pool and neighbours read (None: none read)
 
     @property
     def has_neighbors(self) -> bool:
@@ -255,12 +259,14 @@ def load_tables(
     embedder: str | None = None,
     task: str = "ranking",
     with_icl: bool = True,
+    cot_version: str | None = None,
 ) -> RecTables:
     """Join the published artifacts of ``dataset`` up to ``until`` into ``RecTables``.
 
     ``task`` picks the neighbours artifact (ranking: ``rec.neighbors_artifact``; sequential:
     ``rec.seq_neighbors_artifact``); ``with_icl=False`` (variant ``base``) reads no neighbours,
-    pool or CoTs.
+    pool or CoTs. ``cot_version`` (MODEL__PROMPT) picks the pool and neighbours; None: the
+    dataset's promoted version.
     """
     paths = DataPaths(settings.home, check_dataset_name(dataset))
     embedder = resolve_embedder(settings, embedder)
@@ -353,10 +359,15 @@ def load_tables(
     if users is not None:
         _attach_user_features(tables, users, user_raw)
     if with_icl:
-        artifact = (
-            settings.rec.neighbors_artifact if task == "ranking" else settings.rec.seq_neighbors_artifact
+        rpaths = RetrievalPaths(settings.home, dataset, embedder)
+        version = resolve_cot_version(rpaths, cot_version)
+        nb_root = (
+            rpaths.neighbors_root("ctr", version, settings.rec.neighbors_artifact)
+            if task == "ranking"
+            else rpaths.neighbors_root("next_item", version, settings.rec.seq_neighbors_artifact)
         )
-        _attach_icl(tables, reader, emb_root / "pool", paths.artifact(artifact), days, until)
+        _attach_icl(tables, reader, rpaths.pool_root(version), nb_root, days, until)
+        tables.cot_version = version.folder
     tables.fingerprint = reader.fingerprint()
     return tables
 
@@ -515,10 +526,13 @@ def apply_control(tables: RecTables, variant: str, seed: int) -> RecTables:
     return tables
 
 
-def read_pool(settings: Any, dataset: str, embedder: str, until: str | None) -> dict[str, np.ndarray]:
-    """The in-context pool's retrieval columns (for ``scoring.ExactRetriever``)."""
-    paths = DataPaths(settings.home, check_dataset_name(dataset))
-    root = paths.artifact(f"embeddings/{embedder}/pool")
+def read_pool(
+    settings: Any, dataset: str, embedder: str, until: str | None, cot_version: str | None = None
+) -> dict[str, np.ndarray]:
+    """The in-context pool's retrieval columns (for ``scoring.ExactRetriever``) of CoT version
+    ``cot_version`` (None: the promoted one)."""
+    rpaths = RetrievalPaths(settings.home, check_dataset_name(dataset), embedder)
+    root = rpaths.pool_root(resolve_cot_version(rpaths, cot_version))
     day = dt.date.fromisoformat(until) if until else None
     columns = ["sample_id", "timestamp", "label", "history_vec", "target_vec"]
     pool = _Reader().read_days(root, _published_days(root, day), columns)

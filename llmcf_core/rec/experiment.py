@@ -92,6 +92,7 @@ def run_experiment(
     max_epochs: int | None = None,
     command: list[str] | None = None,
     fresh: bool = False,
+    cot_version: str | None = None,
 ) -> ExperimentReport:
     out_dir.mkdir(parents=True, exist_ok=True)
     runs_path = out_dir / f"{dataset}.json"
@@ -110,6 +111,7 @@ def run_experiment(
                     embedder=embedder,
                     workers=workers,
                     max_epochs=max_epochs,
+                    cot_version=cot_version,
                 )
                 m = result.metrics
                 runs.append(
@@ -127,6 +129,7 @@ def run_experiment(
                         "data": m["data"],
                         "fingerprint": m["fingerprint"],
                         "embedder": m["embedder"],
+                        "cot_version": m.get("cot_version"),
                         "valid_source": m["valid_source"],
                         # relative to $LLMCF_HOME: the table must not name one machine's paths
                         "folder": _relative(result.path, settings.home),
@@ -346,7 +349,10 @@ def _markdown(
     first = next((r for r in runs if "pool_rows" in r["data"]), runs[0])  # an llmcf run knows the pool
     data = first["data"]
     with_icl = any(needs_neighbors(r["variant"]) for r in runs)
-    cot = _current_cot(settings, dataset) if with_icl else "none (no run reads examples)"
+    versions = sorted({r["cot_version"] for r in runs if r.get("cot_version")})
+    cot = (
+        ", ".join(versions) or _current_cot(settings, dataset) if with_icl else "none (no run reads examples)"
+    )
     lines = [
         f"# Results: {dataset}",
         "",
@@ -439,7 +445,7 @@ def _markdown(
             lines += [verdict, ""]
         lines += _comparison_lines(task, comparisons, summary)
     if any(needs_neighbors(r["variant"]) for r in runs):  # only runs with examples read CoTs
-        lines += _cot_quality_lines(settings, dataset)
+        lines += _cot_quality_lines(settings, dataset, versions[0] if len(versions) == 1 else None)
     lines += [f"![lift over base by model and variant]({png_name})", ""]
     lines += ["Runs (model folders under `$LLMCF_HOME/models/rec/<model>-<variant>/<version>/`):", ""]
     lines += [f"- {r['model']}-{r['variant']} seed {r['seed']}: `{r['version']}`" for r in runs]
@@ -496,16 +502,17 @@ def _comparison_lines(
     return lines
 
 
-def _cot_quality_lines(settings: Any, dataset: str) -> list[str]:
-    """The CoT-quality report of the current CoT version, when one was written (jobs.cot_report)."""
+def _cot_quality_lines(settings: Any, dataset: str, version: str | None) -> list[str]:
+    """The CoT-quality report of the runs' CoT version (None: the promoted one), when one was
+    written (jobs.cot_report)."""
     try:
         from llmcf_core.cot import report
 
-        text = report.render_markdown(report.cot_quality(settings, dataset))
+        text = report.render_markdown(report.cot_quality(settings, dataset, version))
     except Exception as exc:  # noqa: BLE001 - a results table must not fail for want of a CoT report
         log.info("no CoT quality report for %s: %s", dataset, exc)
         return []
-    return ["## CoT quality (current CoT version)", "", text.strip(), ""]
+    return [f"## CoT quality ({version or 'promoted CoT version'})", "", text.strip(), ""]
 
 
 def _current_cot(settings: Any, dataset: str) -> str:

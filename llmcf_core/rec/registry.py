@@ -15,7 +15,9 @@ folder with ``metrics.json`` is complete.
 The gate publishes a version (moves the pointer) only if its validation metric (AUC for ranking,
 NDCG@10 for next item) beats the counting baseline of its task on the same validation rows
 (``metrics.json`` ``baseline_floor``, see ``llmcf_core.rec.baselines``; first publication included)
-and is not worse than the published model's by more than ``tolerance``.
+and is not worse than the published model's by more than ``tolerance``. A version trained on
+another CoT version than the dataset's promoted one (``<ds>/cot/CURRENT``) is never published: a
+run with another ``cot_model`` must not change what is served (promote its CoTs first).
 
 Light at import (the standard library and ``llmcf_core.fsio``, i.e. fsspec, which Airflow ships):
 an Airflow check task may call ``publish_gate``.
@@ -133,6 +135,15 @@ class GateDecision:
         return asdict(self)
 
 
+def _promoted_cot(home: Path, dataset: str) -> str | None:
+    """MODEL__PROMPT named by ``<ds>/cot/CURRENT`` (None before the first promotion)."""
+    try:
+        raw = read_json(fsio.as_path(home) / check_dataset_name(dataset) / "cot" / "CURRENT")
+        return f"{raw['model_version']}__{raw['prompt_version']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def publish_gate(
     home: Path, dataset: str, model: str, variant: str, version: str, *, tolerance: float
 ) -> GateDecision:
@@ -153,7 +164,14 @@ def publish_gate(
 
     floor = metrics.get("baseline_floor") or {}
     floor_value = float(floor["valid"]) if floor.get("valid") is not None else None
-    if math.isnan(value):
+    trained_on, promoted = metrics.get("cot_version"), _promoted_cot(home, dataset)
+    if trained_on and promoted and trained_on != promoted:
+        ok, reason = (
+            False,
+            f"trained on CoT version {trained_on}, not the promoted {promoted}: promote it first "
+            "(python -m jobs.promote_cot), or train on the promoted version",
+        )
+    elif math.isnan(value):
         ok, reason = False, f"validation {metric} is NaN"
     elif floor_value is None:
         ok, reason = (

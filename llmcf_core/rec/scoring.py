@@ -80,10 +80,12 @@ class ExactRetriever:
         self.target = np.ascontiguousarray(target_vecs[order], dtype=np.float32)
 
     @classmethod
-    def from_pool(cls, settings: Any, dataset: str, embedder: str, until: str | None) -> ExactRetriever:
+    def from_pool(
+        cls, settings: Any, dataset: str, embedder: str, until: str | None, cot_version: str | None = None
+    ) -> ExactRetriever:
         from llmcf_core.rec.dataset import read_pool
 
-        pool = read_pool(settings, dataset, embedder, until)
+        pool = read_pool(settings, dataset, embedder, until, cot_version)
         return cls(
             pool["sample_id"], pool["timestamp"], pool["label"], pool["history_vec"], pool["target_vec"]
         )
@@ -213,10 +215,19 @@ class Scorer:
 
         meta = loaded.meta
         until = dt.date.fromisoformat(meta["until"]) if meta.get("until") else None
-        tables = load_tables(settings, dataset, until=until, embedder=meta["embedder"], task=meta["task"])
+        # The pool the model was trained with (models before versioned pools: the promoted one).
+        cot_version = meta.get("cot_version")
+        tables = load_tables(
+            settings,
+            dataset,
+            until=until,
+            embedder=meta["embedder"],
+            task=meta["task"],
+            cot_version=cot_version,
+        )
         store = ExampleStore.build(loaded.model, tables)
         retriever = retriever or ExactRetriever.from_pool(
-            settings, dataset, meta["embedder"], meta.get("until")
+            settings, dataset, meta["embedder"], meta.get("until"), cot_version
         )
         return cls(loaded, store, retriever, compile=compile, users=users)
 

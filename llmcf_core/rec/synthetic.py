@@ -20,10 +20,13 @@ import numpy as np
 import pyarrow as pa
 
 from llmcf_core import storage
+from llmcf_core.cot.layout import write_current
 from llmcf_core.data.samples import SAMPLES_SCHEMA
 from llmcf_core.paths import DataPaths, day_bounds
+from llmcf_core.retrieval.layout import CotVersion, RetrievalPaths
 
 FIRST_DAY = dt.date(2024, 1, 1)
+SYNTH_COT_VERSION = "synth-cot__v1"
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -49,13 +52,17 @@ def write_synthetic_dataset(
     embedder: str = "synth-enc",
     seed: int = 0,
     users: bool = False,
+    cot_version: str = SYNTH_COT_VERSION,
 ) -> dict[str, object]:
-    """Publish samples, items, embeddings, pool and neighbours; returns a small summary.
+    """Publish samples, items, embeddings, pool and neighbours; returns a small summary. The pool
+    and neighbours are CoT version ``cot_version``'s, and ``cot/CURRENT`` names it (promoted).
 
     ``users``: also a users table (age_group, gender at random; the occupation names the user's
     group, so it carries what the user id does, for cold users too)."""
     rng = np.random.default_rng(seed)
     paths = DataPaths(home, dataset)
+    rpaths = RetrievalPaths(home, dataset, embedder)
+    version = CotVersion.parse(cot_version)
     user_group = rng.integers(0, n_groups, n_users + 1)
     item_group = rng.integers(0, n_groups, n_items + 1)
     centroids = _unit(rng.normal(size=(n_groups, dim)))
@@ -167,12 +174,13 @@ def write_synthetic_dataset(
                 "cot_vec": _vec_array(cot_vec[pool_mask]),
             }
         )
-        storage.publish_table(pool, emb_root / "pool" / f"dt={day.isoformat()}", meta)
-        for artifact, w_target in (("neighbors", 0.5), ("neighbors_next_item", 0.0)):
+        storage.publish_table(pool, rpaths.pool(day, version), meta)
+        for task, w_target in (("ctr", 0.5), ("next_item", 0.0)):
             table = _neighbors(
                 np.flatnonzero(mask), in_pool, ts, labels, ids, hist_vec, target_vec, w_target, k, rng
             )
-            storage.publish_table(table, paths.partition(artifact, day), meta)
+            storage.publish_table(table, rpaths.neighbors(day, task, version), meta)
+    write_current(paths, version.model_version, version.prompt_version)
     return {"rows": len(rows), "pool": int(in_pool.sum()), "embedder": embedder, "days": len(split_of_day)}
 
 

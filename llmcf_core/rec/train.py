@@ -374,8 +374,11 @@ def train(
     max_epochs: int | None = None,
     force: bool = False,
     warm_start: bool = False,
+    cot_version: str | None = None,
 ) -> TrainResult:
-    """Train (or reuse) ``model``-``variant`` on ``dataset`` up to ``until``; write its folder."""
+    """Train (or reuse) ``model``-``variant`` on ``dataset`` up to ``until``; write its folder.
+    ``cot_version`` (MODEL__PROMPT): the pool and neighbours the llmcf* variants read (None: the
+    dataset's promoted version)."""
     try:
         cls = model_class(model)
     except ValueError as exc:
@@ -388,7 +391,13 @@ def train(
     if workers < 0:
         raise InvalidArgument("workers must be >= 0")
     tables = load_tables(
-        settings, dataset, until=until, embedder=embedder, task=cls.task, with_icl=needs_neighbors(variant)
+        settings,
+        dataset,
+        until=until,
+        embedder=embedder,
+        task=cls.task,
+        with_icl=needs_neighbors(variant),
+        cot_version=cot_version,
     )
     apply_control(tables, variant, seed)
     if len(tables.rows("train")) == 0:
@@ -445,6 +454,7 @@ def train(
         "seed": seed,
         "until": tables.until,
         "embedder": tables.embedder,
+        "cot_version": tables.cot_version,
         "workers": workers,
         "train_seconds": seconds,
         "valid_source": tables.valid_source,
@@ -466,6 +476,7 @@ def train(
         "dataset": dataset,
         "version": version,
         "embedder": tables.embedder,
+        "cot_version": tables.cot_version,  # the pool and neighbours trained on (None: no examples)
         "until": tables.until,
         "seed": seed,
         "hparams": run.hp.to_dict(),

@@ -5,6 +5,9 @@ Server mode reads ``LLMCF_QDRANT_URL`` / the API key variable (an Airflow task r
 connection ``qdrant_default`` into them: ``llmcf_airflow.qdrant_conn``). In local mode these
 open the folder like any job, so they wait for a running job's client (``qdrant.lock_timeout_s``).
 Bulk loading is never done here: that is ``jobs.embed_upsert`` (``--rebuild`` for a new collection).
+The alias and ``cot/CURRENT`` move together: a swap or rollback to a collection of another CoT
+version also points ``CURRENT`` at that version (as ``jobs.promote_cot`` does), so stages, online
+scoring and the live collection never disagree on the version.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 from llmcf_core.config import Settings
 from llmcf_core.paths import InvalidArgument
-from llmcf_core.retrieval.layout import alias_name
+from llmcf_core.retrieval.layout import RetrievalPaths, alias_name
 from llmcf_core.retrieval.store import QdrantStore
 
 
@@ -64,6 +67,7 @@ def swap_alias(
             "collection": collection,
             "previous": previous,
             "points": points,
+            "cot_version": _follow(settings, dataset, store, collection),
         }
 
 
@@ -72,7 +76,27 @@ def rollback(settings: Settings, dataset: str) -> dict[str, Any]:
     with _open(settings, "rollback") as store:
         current = store.alias_target(dataset)
         target = store.rollback(dataset)
-        return {"alias": alias_name(dataset), "collection": target, "previous": current}
+        return {
+            "alias": alias_name(dataset),
+            "collection": target,
+            "previous": current,
+            "cot_version": _follow(settings, dataset, store, target),
+        }
+
+
+def _follow(settings: Settings, dataset: str, store: QdrantStore, collection: str) -> str | None:
+    """Point ``cot/CURRENT`` at the CoT version ``collection`` was built from; returns it."""
+    from llmcf_core.cot.layout import write_current
+    from llmcf_core.retrieval.promote import model_of
+
+    spec = store.spec_of(collection)
+    if spec is None:
+        return None
+    paths = RetrievalPaths(settings.home, dataset, spec.embedder)
+    days = paths.cot_days(spec.cot)
+    model = model_of(paths, spec.cot, days[-1]) if days else None
+    write_current(paths.data, spec.cot.model_version, spec.cot.prompt_version, model)
+    return spec.cot.folder
 
 
 def drop_collection(settings: Settings, dataset: str, collection: str) -> None:

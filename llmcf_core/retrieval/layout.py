@@ -1,17 +1,21 @@
 """Names and places of the retrieval artifacts, and the CoT version they are built from.
 
 ```
-<home>/<ds>/cot/CURRENT                                  {"model_version", "prompt_version"} (CoT stage)
+<home>/<ds>/cot/CURRENT                                  {"model_version", "prompt_version", "model"}
+                                                          the promoted version (jobs.promote_cot only)
 <home>/<ds>/cot/dt=D/<model_version>__<prompt_version>/  CoT rows of day D (CoT stage)
 <home>/<ds>/embeddings/<embedder>/items/                 item_id, vector
-<home>/<ds>/embeddings/<embedder>/pool/dt=D/             the in-context pool of day D (mirrors Qdrant)
-<home>/<ds>/neighbors/dt=D/                              K examples per sample (task ctr)
-<home>/<ds>/neighbors_next_item/dt=D/                    the same for --task next_item
-Qdrant: collection llmcf_<ds>__<embedder>__<cot tag>__g<N>, alias llmcf_<ds> -> the live one
+<home>/<ds>/embeddings/<embedder>/pool/<cot version>/dt=D/   the in-context pool of day D (mirrors Qdrant)
+<home>/<ds>/neighbors/<cot version>/dt=D/                K examples per sample (task ctr)
+<home>/<ds>/neighbors_next_item/<cot version>/dt=D/      the same for --task next_item
+Qdrant: collection llmcf_<ds>__<embedder>__<cot tag>__g<N> per CoT version and generation;
+        alias llmcf_<ds> -> the promoted version's collection (moved by jobs.promote_cot only)
 ```
 
 A :class:`PoolSpec` says what a pool partition and a collection were built from (dataset,
-embedder, dimension, CoT version); the two must agree before a collection is used.
+embedder, dimension, CoT version); the two must agree before a collection is used. Everything
+built from CoTs lives under its CoT version, so a run that resolved another version (a manual run
+with another ``cot_model``) writes beside the promoted version's artifacts, never over them.
 """
 
 from __future__ import annotations
@@ -132,37 +136,49 @@ class RetrievalPaths:
     def items(self) -> Path:
         return self.data.artifact(f"embeddings/{self.embedder}/items")
 
-    @property
-    def pool_root(self) -> Path:
-        return self.data.artifact(f"embeddings/{self.embedder}/pool")
+    def pool_root(self, version: CotVersion) -> Path:
+        """The pool partitions built from CoT version ``version``."""
+        return self.data.artifact(f"embeddings/{self.embedder}/pool") / version.folder
 
-    def pool(self, day: dt.date) -> Path:
-        return self.pool_root / partition_dir_name(day)
+    def pool(self, day: dt.date, version: CotVersion) -> Path:
+        return self.pool_root(version) / partition_dir_name(day)
 
-    def pool_days(self, until: dt.date | None = None) -> list[dt.date]:
-        """Days with a published pool partition (optionally up to ``until``), oldest first."""
-        days = []
-        for folder in sorted(self.pool_root.glob("dt=*")):
-            day = dt.date.fromisoformat(folder.name.removeprefix("dt="))
-            if (folder / "_SUCCESS").is_file() and (until is None or day <= until):
-                days.append(day)
-        return days
+    def pool_days(self, version: CotVersion, until: dt.date | None = None) -> list[dt.date]:
+        """Days with a published pool partition of ``version`` (optionally up to ``until``), oldest
+        first."""
+        return published_days(self.pool_root(version), until)
 
-    def neighbors(self, day: dt.date, task: str = "ctr") -> Path:
+    def neighbors_root(self, task: str, version: CotVersion, artifact: str | None = None) -> Path:
+        """The neighbours of ``task`` retrieved from CoT version ``version``'s pool (``artifact``:
+        the folder name, default ``neighbors`` for ctr and ``neighbors_<task>`` otherwise)."""
         if task not in TASKS:
             raise InvalidArgument(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
-        artifact = "neighbors" if task == "ctr" else f"neighbors_{task}"
-        return self.data.partition(artifact, day)
+        artifact = artifact or ("neighbors" if task == "ctr" else f"neighbors_{task}")
+        return self.data.artifact(check_name("neighbours artifact", artifact)) / version.folder
+
+    def neighbors(self, day: dt.date, task: str, version: CotVersion) -> Path:
+        return self.neighbors_root(task, version) / partition_dir_name(day)
+
+
+def published_days(root: Path, until: dt.date | None = None) -> list[dt.date]:
+    """Days with a published ``dt=D`` partition under ``root`` (optionally up to ``until``), oldest
+    first."""
+    days = []
+    for folder in sorted(root.glob("dt=*")):
+        day = dt.date.fromisoformat(folder.name.removeprefix("dt="))
+        if (folder / "_SUCCESS").is_file() and (until is None or day <= until):
+            days.append(day)
+    return days
 
 
 def read_current_cot(paths: RetrievalPaths) -> CotVersion:
-    """The dataset's current CoT version (``<ds>/cot/CURRENT``, moved by the CoT stage)."""
+    """The dataset's promoted CoT version (``<ds>/cot/CURRENT``, moved by ``jobs.promote_cot``)."""
     try:
         raw = json.loads(paths.cot_pointer.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InvalidArgument(
             f"no current CoT version for {paths.dataset!r}: {paths.cot_pointer} does not exist "
-            "(run the CoT stage first, or pass --cot-version MODEL__PROMPT)"
+            "(promote one with jobs.promote_cot, or pass --cot-version MODEL__PROMPT)"
         ) from None
     except ValueError as exc:
         raise InvalidArgument(f"{paths.cot_pointer} is not valid JSON: {exc}") from None

@@ -4,7 +4,7 @@ A pool row is a training sample with a usable CoT (``cot_text`` present, no ``er
 ``finish_reason`` not "error") of the dataset's CoT version. Its vectors: ``history_vec`` (the
 normalised mean of the history items' vectors, zero for an empty history), ``target_vec`` (the
 target item's vector) and ``cot_vec`` (the CoT text's vector). The published partition
-``<ds>/embeddings/<embedder>/pool/dt=D/`` mirrors what Qdrant holds for that day, so whole-pool
+``<ds>/embeddings/<embedder>/pool/<cot version>/dt=D/`` mirrors what Qdrant holds for that day, so whole-pool
 retrieval reads Parquet instead of querying Qdrant point by point.
 
 :func:`prepare_pool` reuses a published partition when its inputs (CoT and samples partitions,
@@ -129,9 +129,9 @@ def prepare_pool(settings: Settings, spec: PoolSpec, day: dt.date, items: ItemVe
     items_manifest = storage.read_manifest(paths.items) or {}
     inputs = _inputs(paths, day, spec, items_manifest.get("texts_sha256"))
 
-    published = storage.read_manifest(paths.pool(day))
+    published = storage.read_manifest(paths.pool(day, spec.cot))
     if published and published.get("inputs") == inputs and published.get("spec") == spec.to_dict():
-        table = storage.read_partition(paths.pool(day))
+        table = storage.read_partition(paths.pool(day, spec.cot))
         samples = storage.read_partition(
             paths.data.samples(day), columns=["sample_id", "item_id"]
         ).to_pandas()
@@ -215,7 +215,7 @@ def publish_pool(settings: Settings, prepared: PreparedPool, extra: dict[str, An
     paths = RetrievalPaths(settings.home, prepared.spec.dataset, prepared.spec.embedder)
     return publish_checked(
         prepared.table,
-        paths.pool(prepared.day),
+        paths.pool(prepared.day, prepared.spec.cot),
         prepared.report,
         prepared.metadata(extra),
         clear=[paths.data.quarantine("pool", prepared.day)],
@@ -266,12 +266,12 @@ def load_pool(settings: Settings, spec: PoolSpec, until: dt.date) -> LoadedPool:
     """Every published pool partition of ``spec`` up to ``until`` (others are reported, not used)."""
     paths = RetrievalPaths(settings.home, spec.dataset, spec.embedder)
     tables, days, skipped = [], [], {}
-    for day in paths.pool_days(until):
-        manifest = storage.read_manifest(paths.pool(day)) or {}
+    for day in paths.pool_days(spec.cot, until):
+        manifest = storage.read_manifest(paths.pool(day, spec.cot)) or {}
         if manifest.get("spec") != spec.to_dict():
             skipped[day.isoformat()] = f"built for {manifest.get('spec')}"
             continue
-        tables.append(storage.read_partition(paths.pool(day)))
+        tables.append(storage.read_partition(paths.pool(day, spec.cot)))
         days.append(day.isoformat())
     if not tables:
         return LoadedPool(PoolIndex.empty(spec.dim), days, skipped)

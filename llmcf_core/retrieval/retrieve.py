@@ -118,8 +118,8 @@ def retrieve_partition(
     )
     timings["checks_s"] = time.perf_counter() - t0
 
-    folder = paths.neighbors(day, task)
-    quarantine = paths.data.quarantine(folder.parent.name, day)
+    folder = paths.neighbors(day, task, spec.cot)
+    quarantine = paths.data.quarantine(folder.parent.parent.name, day)
     if not (report.success and agreement.success):
         reject(
             frame if not report.success else None,
@@ -229,20 +229,17 @@ def _verify_store(
     task: str,
     day: dt.date,
 ) -> tuple[str | None, list[checks.Metric]]:
-    """Qdrant's live collection must hold the same pool and give the same answers."""
+    """The CoT version's collection (the one embed_upsert loaded) must hold the same pool and give
+    the same answers."""
     qcfg = settings.qdrant
     per_label = settings.retrieval.k // 2
     _, day_end = day_bounds(day)
     with QdrantStore.open(qcfg, settings.home, owner=f"retrieve {spec.dataset} {day}") as store:
-        live = store.live(spec.dataset)
-        if live is None:
+        name = store.collection_of(spec)
+        if name is None:
             ok = len(pool) == 0
-            return None, [checks.Metric("live_collection", float(ok), "exists (pool is not empty)", ok)]
-        name, live_spec = live
+            return None, [checks.Metric("version_collection", float(ok), "exists (pool is not empty)", ok)]
         metrics = [
-            checks.Metric(
-                "live_collection_spec", float(live_spec == spec), f"== {spec.to_dict()}", live_spec == spec
-            ),
             checks.equal("points_before_partition_end", store.count(name, before_ts=day_end), len(pool)),
         ]
         hits = total = 0

@@ -1,7 +1,9 @@
 """The in-context pool in Qdrant: one client API for the embedded local mode and for a server.
 
 Layout: one collection per (dataset, embedder, CoT version, generation) named
-``llmcf_<ds>__<embedder>__<model>__<prompt>__g<N>``; the alias ``llmcf_<ds>`` names the live one.
+``llmcf_<ds>__<embedder>__<model>__<prompt>__g<N>``; the stages of a run write and read the newest
+loaded generation of the CoT version they resolved (:meth:`QdrantStore.collection_of`); the alias
+``llmcf_<ds>`` names the promoted one (moved only by ``jobs.promote_cot``, ``jobs.qdrant_admin``).
 Each point has four named vectors (``history``, ``target``, ``cot``: d each; ``joint`` =
 [history; target]/sqrt(2), 2d, whose dot product is the paper's 0.5 cos(h) + 0.5 cos(t)), all
 with DOT distance so that scores equal the exact ones (an empty history is a zero vector, which
@@ -212,6 +214,19 @@ class QdrantStore:
         name = self.alias_target(dataset)
         return None if name is None else (name, self.spec_of(name))
 
+    def collection_of(self, spec: PoolSpec) -> str | None:
+        """The collection of ``spec`` that stages read and write: the alias target when it was built
+        for ``spec``, else the newest fully loaded generation of ``spec`` (None if there is none)."""
+        live = self.live(spec.dataset)
+        if live is not None and live[1] == spec:
+            return live[0]
+        loaded = []
+        for name in self.collections(spec.dataset):
+            generation = generation_of(name, spec)
+            if generation is not None and self.metadata(name).get("loaded_at"):
+                loaded.append((generation, name))
+        return max(loaded)[1] if loaded else None
+
     def count(self, name: str, *, dt: str | None = None, before_ts: int | None = None) -> int:
         models = _models()
         must = []
@@ -247,9 +262,12 @@ class QdrantStore:
         return name
 
     def finish_load(self, name: str) -> None:
-        """Turn HNSW indexing on after a bulk load (a no-op in local mode, which is exact)."""
+        """Turn HNSW indexing on after a bulk load (a no-op in local mode, which is exact) and mark
+        the collection complete (``loaded_at``): only then does :meth:`collection_of` return it."""
         models = _models()
-        self.client.update_collection(name, hnsw_config=models.HnswConfigDiff(m=self.cfg.hnsw_m))
+        self.client.update_collection(
+            name, hnsw_config=models.HnswConfigDiff(m=self.cfg.hnsw_m), metadata={"loaded_at": _now()}
+        )
 
     def drop(self, name: str) -> None:
         self.client.delete_collection(name)

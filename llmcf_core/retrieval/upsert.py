@@ -1,17 +1,21 @@
 """Stage ``embed_upsert``: embed a day's CoT pool, load it into Qdrant, check, publish.
 
-Daily (the live collection matches the configured embedder and the current CoT version): the
-day's points are upserted into the live collection (deterministic ids: a rerun rewrites the
-same points; points of the day that left the pool are deleted), then the counts are verified
-(points of the day == pool rows of the day; points in the collection == rows of all published
-pool partitions) and only then is the pool partition published.
+Every run works on the CoT version it resolved (``--cot-version``, else the promoted one) and on
+that version's collection (:meth:`QdrantStore.collection_of`); it never moves the alias
+``llmcf_<dataset>`` to another version: only ``jobs.promote_cot`` does (``retrieval.promote``).
 
-Full rebuild (``rebuild=True``, the first build, or the embedder / CoT version changed): a new
-collection (next generation) is created with payload indexes and HNSW off, every day that has a
-CoT partition of the current version is loaded and its count verified, the total is verified,
-HNSW is switched on, and the alias ``llmcf_<dataset>`` is swapped to it in one atomic request;
-the previous collection stays for rollback. Readers of the alias see the old collection until
-the swap. Any failure drops the new collection and leaves the alias alone.
+Daily (the version has a loaded collection): the day's points are upserted into it (deterministic
+ids: a rerun rewrites the same points; points of the day that left the pool are deleted), then the
+counts are verified (points of the day == pool rows of the day; points in the collection == rows of
+all published pool partitions of the version) and only then is the pool partition published.
+
+Full build (``rebuild=True``, or the version has no collection yet): a new collection (next
+generation) is created with payload indexes and HNSW off, every day that has a CoT partition of
+the version is loaded and its count verified, the total is verified, HNSW is switched on and the
+collection is marked loaded. The alias mirrors ``cot/CURRENT``: only a build of the promoted version
+(its rebuild, or its first build) is swapped in, in one atomic request (the previous collection
+stays for rollback); a build of any other version leaves the alias where it is. Readers see the
+old collection until then. Any failure drops the new collection and leaves the alias alone.
 """
 
 from __future__ import annotations
@@ -28,7 +32,15 @@ from llmcf_core.paths import InvalidArgument
 from llmcf_core.quality.publish import reject
 from llmcf_core.retrieval import checks
 from llmcf_core.retrieval.embed import ItemVectors, ensure_item_vectors
-from llmcf_core.retrieval.layout import PoolSpec, RetrievalPaths, alias_name, resolve_cot_version
+from llmcf_core.retrieval.layout import (
+    CotVersion,
+    PoolSpec,
+    RetrievalPaths,
+    alias_name,
+    generation_of,
+    read_current_cot,
+    resolve_cot_version,
+)
 from llmcf_core.retrieval.pool import PreparedPool, prepare_pool, publish_pool
 from llmcf_core.retrieval.store import QdrantStore
 
@@ -36,7 +48,8 @@ log = logging.getLogger(__name__)
 
 
 def current_spec(settings: Settings, dataset: str, cot_version: str | None = None) -> PoolSpec:
-    """The pool spec the configuration and the dataset's current CoT version ask for."""
+    """The pool spec of the configured embedder and CoT version ``cot_version`` (MODEL__PROMPT;
+    None: the dataset's promoted version, ``cot/CURRENT``)."""
     emb = settings.embedding
     version = resolve_cot_version(RetrievalPaths(settings.home, dataset, emb.embedder), cot_version)
     return PoolSpec(dataset, emb.embedder, emb.dim, version.model_version, version.prompt_version)
@@ -75,16 +88,10 @@ def embed_upsert(
 
     owner = f"embed_upsert {dataset} {day or 'rebuild'}"
     with QdrantStore.open(settings.qdrant, settings.home, owner=owner) as store:
-        live = store.live(dataset)
-        if rebuild or live is None or live[1] != spec:
-            reason = (
-                "requested"
-                if rebuild
-                else "first build"
-                if live is None
-                else f"live collection {live[0]} was built for {live[1]}, current is {spec}"
-            )
-            log.info("full rebuild of %s: %s", alias_name(dataset), reason)
+        name = store.collection_of(spec)
+        if rebuild or name is None:
+            reason = "requested" if rebuild else f"first build of CoT version {spec.cot.folder}"
+            log.info("full build of %s for %s: %s", alias_name(dataset), spec.cot.folder, reason)
             result = _rebuild(settings, store, spec, items, prepared, on_batch=on_batch)
             return {
                 **result,
@@ -93,7 +100,6 @@ def embed_upsert(
                 "partition": day.isoformat() if day else None,
             }
 
-        name = live[0]
         assert prepared is not None
         counts = store.replace_day(name, dataset, prepared.points())
         others = _published_rows(paths, spec, exclude=prepared.day)
@@ -163,17 +169,43 @@ def _rebuild(
         if not report.success:
             raise quality.DataCheckFailed(report)
         store.finish_load(name)
-        previous = store.swap_alias(spec.dataset, name)
+        # The alias mirrors cot/CURRENT: a new build of the promoted version becomes live (a rebuild,
+        # or its first build); a build of any other version leaves the alias where it is.
+        swap = _promoted(paths) == spec.cot and store.alias_target(spec.dataset) != name
+        previous = store.swap_alias(spec.dataset, name) if swap else None
     except BaseException:
         with contextlib.suppress(Exception):
             store.drop(name)
         raise
+    _drop_superseded(store, spec, keep=name)
     return {
         **_summary(spec, name, current),
         "days_loaded": len(days),
         "points_in_collection": total,
         "previous_collection": previous,
+        "alias_moved": swap,
     }
+
+
+def _promoted(paths: RetrievalPaths) -> CotVersion | None:
+    """The dataset's promoted CoT version (None before the first promotion)."""
+    return read_current_cot(paths) if paths.cot_pointer.exists() else None
+
+
+def _drop_superseded(store: QdrantStore, spec: PoolSpec, keep: str) -> None:
+    """Older, fully loaded generations of ``spec`` that were never live (a version's earlier
+    builds). Collections that were live once stay for rollback (``swap_alias`` prunes those); one
+    without ``loaded_at`` may be another job's load in progress."""
+    newest = generation_of(keep, spec) or 0
+    live = store.alias_target(spec.dataset)
+    for name in store.collections(spec.dataset):
+        generation = generation_of(name, spec)
+        if name == live or generation is None or generation >= newest:
+            continue
+        meta = store.metadata(name)
+        if meta.get("loaded_at") and not meta.get("live_since"):
+            with contextlib.suppress(Exception):
+                store.drop(name)
 
 
 def _quarantine(paths: RetrievalPaths, day: dt.date, report: quality.CheckReport) -> None:
@@ -184,10 +216,10 @@ def _quarantine(paths: RetrievalPaths, day: dt.date, report: quality.CheckReport
 def _published_rows(paths: RetrievalPaths, spec: PoolSpec, exclude: dt.date | None = None) -> int:
     """Rows of every published pool partition built for ``spec`` (what the collection must hold)."""
     total = 0
-    for day in paths.pool_days():
+    for day in paths.pool_days(spec.cot):
         if day == exclude:
             continue
-        manifest = storage.read_manifest(paths.pool(day)) or {}
+        manifest = storage.read_manifest(paths.pool(day, spec.cot)) or {}
         if manifest.get("spec") == spec.to_dict():
             total += int(manifest.get("rows", 0))
     return total

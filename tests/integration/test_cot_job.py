@@ -83,7 +83,7 @@ def test_killed_run_resumes_and_reruns_are_incremental(llmcf_home, ray_head, tin
     assert table["cot_text"].str.len().gt(0).all() and table["score"].between(0, 1).all()
     assert set(table["finish_reason"]) <= {"stop", "length"} and table["n_tokens"].between(1, 8).all()
     assert not blocks.exists()  # merged into the published table
-    assert layout.read_current(paths) == {"model_version": "tiny-llama", "prompt_version": "v1-lc"}
+    assert layout.read_current(paths) is None  # a CoT run never moves the pointer (jobs.promote_cot does)
     manifest = storage.read_manifest(final)
     assert manifest["checks"]["success"] and manifest["decoding"]["num_candidates"] == 2
 
@@ -96,7 +96,7 @@ def test_killed_run_resumes_and_reruns_are_incremental(llmcf_home, ray_head, tin
     assert result["model_version"] == "recgen-20240601-1" and result["generated"] == N_SAMPLES
     assert layout.list_versions(paths, DAY) == ["recgen-20240601-1__v1-lc", "tiny-llama__v1-lc"]
     assert storage.read_partition(final).num_rows == N_SAMPLES
-    gate = layout.verify_cot_published(llmcf_home, "ml-100k", DAY.isoformat())
+    gate = layout.verify_cot_published(llmcf_home, "ml-100k", DAY.isoformat(), "recgen-20240601-1", "v1-lc")
     assert gate["model_version"] == "recgen-20240601-1" and gate["rows"] == N_SAMPLES
 
     # 4. Rerunning a finished partition generates nothing and leaves the publication untouched.

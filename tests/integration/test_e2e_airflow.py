@@ -200,36 +200,51 @@ def _deployment(tmp_path, ray_head, monkeypatch):
         _psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
+def _runs_version() -> str:
+    """The CoT version the runs write: the DAG's default cot_model (current) before any promotion
+    is the configured model (the tiny Llama folder)."""
+    from llmcf_core.config import load_config
+    from llmcf_core.cot.pipeline import version_written
+
+    settings = load_config()
+    return version_written(settings.cot, settings.home)
+
+
 def _published(home) -> dict[str, object]:
     """What a data root holds: per day the samples' sha256 and the CoT, pool and neighbour ids; the
     Qdrant point count and the sample ids behind the points."""
     from llmcf_core.config import load_config
     from llmcf_core.cot import layout
+    from llmcf_core.retrieval.layout import RetrievalPaths
     from llmcf_core.retrieval.store import QdrantStore
+    from llmcf_core.retrieval.upsert import current_spec
 
+    settings = load_config()
+    version = _runs_version()
+    spec = current_spec(settings, "shop", version)
     paths = DataPaths(home, "shop")
-    current = layout.read_current(paths)
-    assert current is not None, f"no CoT version promoted under {home}"
+    rpaths = RetrievalPaths(home, "shop", spec.embedder)
+    # Runs never promote: the pointers stay unset, every stage worked on the run's own version.
+    assert layout.read_current(paths) is None, f"a run moved cot/CURRENT under {home}"
     out: dict[str, object] = {}
     for day in DAYS:
         d = day.isoformat()
         out[f"samples/{d}"] = storage.read_manifest(paths.samples(day))["sha256"]
-        cot_dir = layout.version_dir(paths, day, current["model_version"], current["prompt_version"])
         out[f"cot/{d}"] = sorted(
-            storage.read_partition(cot_dir, ["sample_id"]).column("sample_id").to_pylist()
+            storage.read_partition(rpaths.cot_partition(day, spec.cot), ["sample_id"])
+            .column("sample_id")
+            .to_pylist()
         )
-        neighbors = storage.read_partition(paths.partition("neighbors", day), ["sample_id"])
+        neighbors = storage.read_partition(rpaths.neighbors(day, "ctr", spec.cot), ["sample_id"])
         out[f"neighbors/{d}"] = sorted(neighbors.column("sample_id").to_pylist())
-    settings = load_config()
     with QdrantStore.open(settings.qdrant, home, owner="e2e test") as store:
-        live = store.live("shop")
-        assert live is not None, f"no live Qdrant collection under {home}"
-        out["qdrant_points"] = store.count(live[0])
+        assert store.live("shop") is None, f"a run moved the Qdrant alias under {home}"
+        name = store.collection_of(spec)
+        assert name is not None, f"no Qdrant collection of {version} under {home}"
+        out["qdrant_points"] = store.count(name)
         ids, offset = [], None
         while True:
-            records, offset = store.client.scroll(
-                live[0], limit=256, offset=offset, with_payload=["sample_id"]
-            )
+            records, offset = store.client.scroll(name, limit=256, offset=offset, with_payload=["sample_id"])
             ids += [r.payload["sample_id"] for r in records]
             if offset is None:
                 break
@@ -279,10 +294,7 @@ def test_trigger_fail_repair_clear_backfill(deployment):
     assert storage.read_manifest(paths.samples(DAYS[0]))["rows"] == 15
     # The CoT version flows forward from the CoT job's own result (its LLMCF_RESULT line, the
     # operator's XCom) through check_cot into the embed and retrieve jobs' arguments.
-    from llmcf_core.cot.layout import read_current, version_name
-
-    current = read_current(paths)
-    version = version_name(current["model_version"], current["prompt_version"])
+    version = _runs_version()
     entrypoints = {
         j.submission_id.split("__")[1]: j.entrypoint
         for j in job_client(deployment["ray"].dashboard_url).list_jobs()
@@ -291,6 +303,7 @@ def test_trigger_fail_repair_clear_backfill(deployment):
     }
     for task in ("embed-embed_upsert", "neighbors-retrieve"):
         assert f"--cot-version {version}" in entrypoints[task], entrypoints
+    assert "--model current" in entrypoints["cot-generate_cot"], entrypoints
 
     # D2, D3: corrupted input fails at the data check, once (no retries), publishing nothing.
     _corrupt(inter).to_csv(deployment["inputs"] / "interactions.csv", index=False)

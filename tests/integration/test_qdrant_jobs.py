@@ -22,7 +22,7 @@ from llmcf_core.config import load_config
 from llmcf_core.paths import DataPaths, InvalidArgument
 from llmcf_core.retrieval import admin, gates
 from llmcf_core.retrieval.embed import read_item_vectors, sample_vectors
-from llmcf_core.retrieval.layout import PoolSpec, RetrievalPaths, alias_name
+from llmcf_core.retrieval.layout import CotVersion, PoolSpec, RetrievalPaths, alias_name
 from llmcf_core.retrieval.pool import load_pool
 from llmcf_core.retrieval.search import brute_force, query_vectors
 from llmcf_core.retrieval.store import QdrantStore
@@ -31,6 +31,8 @@ from llmcf_core.retrieval.upsert import embed_upsert
 from .retrieval_timeline import DATASET, DAYS, MODEL, PROMPT, publish_cot, sample_ids, set_current, write_logs
 
 pytestmark = pytest.mark.slow
+
+V1 = CotVersion(MODEL, PROMPT)
 
 
 def _result(capsys) -> dict:
@@ -76,20 +78,20 @@ def test_embed_upsert_is_idempotent_and_retrieve_is_leakage_free(home, settings,
     args = ["--dataset", DATASET, "--partition"]
     assert embed_job.main([*args, "2024-05-01"]) == 0
     first = _result(capsys)
-    assert first["rebuilt"] is True and first["reason"] == "first build"
+    assert first["rebuilt"] is True and first["reason"].startswith("first build")
     assert first["days_loaded"] == 3 and first["points_in_collection"] == 29  # 30 samples, 1 failed CoT
 
     assert embed_job.main([*args, "2024-05-02"]) == 0
     daily = _result(capsys)
     assert daily["rebuilt"] is False and daily["rows"] == 9 and daily["points_in_collection"] == 29
     paths = RetrievalPaths(home, DATASET, settings.embedding.embedder)
-    sha = storage.read_manifest(paths.pool(DAYS[1]))["sha256"]
+    sha = storage.read_manifest(paths.pool(DAYS[1], V1))["sha256"]
     items_sha = storage.read_manifest(paths.items)["sha256"]
 
     assert embed_job.main([*args, "2024-05-02"]) == 0  # rerun: same points, same counts
     rerun = _result(capsys)
     assert rerun["changed"] is False and rerun["reused_pool"] is True and rerun["deleted_stale"] == 0
-    assert storage.read_manifest(paths.pool(DAYS[1]))["sha256"] == sha
+    assert storage.read_manifest(paths.pool(DAYS[1], V1))["sha256"] == sha
     assert storage.read_manifest(paths.items)["sha256"] == items_sha  # items embedded once
     with _store(settings) as store:
         live = store.alias_target(DATASET)
@@ -104,11 +106,11 @@ def test_embed_upsert_is_idempotent_and_retrieve_is_leakage_free(home, settings,
         assert out["metrics"]["recall_vs_brute_force"] == 1.0
         _assert_leakage_free_and_exact(settings, day, "ctr")
     assert gates.verify_neighbors_published(settings, DATASET, "2024-05-03")["rows"] == 10
-    first_day = storage.read_partition(paths.neighbors(DAYS[0])).to_pylist()
+    first_day = storage.read_partition(paths.neighbors(DAYS[0], "ctr", V1)).to_pylist()
     assert first_day[0]["n_padded"] == 4  # the very first sample has no past: padded, not dropped
 
     assert retrieve_job.main([*args, "2024-05-03", "--task", "next_item"]) == 0
-    assert _result(capsys)["path"].endswith("neighbors_next_item/dt=2024-05-03")
+    assert _result(capsys)["path"].endswith(f"neighbors_next_item/{V1.folder}/dt=2024-05-03")
     _assert_leakage_free_and_exact(settings, DAYS[2], "next_item")
     assert retrieve_job.main([*args, "2024-05-03"]) == 0
     assert _result(capsys)["changed"] is False  # deterministic output, rerun is a no-op
@@ -119,7 +121,7 @@ def _assert_leakage_free_and_exact(settings, day: dt.date, task: str) -> None:
     paths = RetrievalPaths(settings.home, DATASET, settings.embedding.embedder)
     pool = load_pool(settings, _spec(settings), until=day).index
     samples = storage.read_partition(paths.data.samples(day)).to_pandas()
-    neighbors = storage.read_partition(paths.neighbors(day, task)).to_pandas()
+    neighbors = storage.read_partition(paths.neighbors(day, task, V1)).to_pandas()
     items = read_item_vectors(paths, settings.embedding.dim)
     h, t = sample_vectors(items, samples.item_id, list(samples.history_item_ids))
     q = query_vectors(h, t, task)
@@ -162,7 +164,7 @@ def test_new_cot_version_rebuilds_and_swaps_the_alias_atomically(home, settings)
         seen.append((store.alias_target(DATASET), store.count(alias_name(DATASET)), store.count(name)))
 
     out = embed_upsert(settings, DATASET, DAYS[2], on_batch=observe)
-    assert out["rebuilt"] is True and "was built for" in out["reason"]
+    assert out["rebuilt"] is True and out["reason"] == "first build of CoT version recgen-v2__v1-lc"
     assert out["previous_collection"] == old and out["points_in_collection"] == 30
     # While loading, readers of the alias saw the old, complete collection; the new one was filling.
     assert seen and all(alias == old and n == old_points for alias, n, _ in seen)
@@ -172,8 +174,12 @@ def test_new_cot_version_rebuilds_and_swaps_the_alias_atomically(home, settings)
         assert new != old and store.count(alias_name(DATASET)) == 30
         assert store.spec_of(new) == _spec(settings, "recgen-v2")
         assert set(store.collections(DATASET)) == {old, new}  # previous kept for rollback
-    assert admin.rollback(settings, DATASET)["collection"] == old
+    rolled = admin.rollback(settings, DATASET)
+    assert rolled["collection"] == old and rolled["cot_version"] == V1.folder
     assert admin.status(settings, DATASET)["live"] == old
+    # cot/CURRENT follows the alias back: stages and the live collection agree on the version
+    current = json.loads(RetrievalPaths(home, DATASET, settings.embedding.embedder).cot_pointer.read_text())
+    assert (current["model_version"], current["prompt_version"]) == (MODEL, PROMPT)
 
 
 def test_a_failed_rebuild_leaves_the_alias_alone_and_a_rerun_recovers(home, settings):
@@ -215,7 +221,7 @@ def test_argument_and_check_failures_exit_2_and_3(home, settings, capsys):
     assert "expect_cot_label_to_equal_sample_label" in err
     quarantined = storage.read_partition(DataPaths(home, DATASET).quarantine("pool", DAYS[2])).to_pandas()
     assert set(quarantined.sample_id) == flipped
-    assert not storage.is_published(paths.pool(DAYS[2]))
+    assert not storage.is_published(paths.pool(DAYS[2], V1))
     with pytest.raises(InvalidArgument, match="not published"):
         gates.verify_pool_published(settings, DATASET, "2024-05-03")
 
@@ -234,7 +240,7 @@ def test_retrieve_verifies_leakage_instead_of_trusting_the_search(home, settings
     err = capsys.readouterr().err
     assert "expect_neighbors_strictly_earlier_than_sample (leakage)" in err
     paths = RetrievalPaths(home, DATASET, settings.embedding.embedder)
-    assert not storage.is_published(paths.neighbors(DAYS[1]))
+    assert not storage.is_published(paths.neighbors(DAYS[1], "ctr", V1))
     assert storage.is_published(DataPaths(home, DATASET).quarantine("neighbors", DAYS[1]))
 
 

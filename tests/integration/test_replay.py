@@ -8,12 +8,14 @@ both tasks. No Ray: everything here is small enough for the in-process paths.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from jobs import replay
 from llmcf_core import storage
 from llmcf_core.paths import DataPaths
+from llmcf_core.retrieval.layout import CotVersion, PoolSpec
 from llmcf_core.retrieval.store import QdrantStore
 from tests.integration.retrieval_timeline import DATASET, DAYS, write_logs
 
@@ -49,13 +51,19 @@ def _result(capsys) -> dict:
     return json.loads(lines[-1].removeprefix("LLMCF_RESULT "))
 
 
-def _manifests(paths: DataPaths) -> dict[str, dict]:
+def _version(tiny_dir: str) -> CotVersion:
+    """The CoT version the replay's CoT stage writes with the tiny model folder."""
+    return CotVersion(Path(tiny_dir).name, "v1-lc")
+
+
+def _manifests(paths: DataPaths, version: CotVersion) -> dict[str, dict]:
+    """{folder relative to the dataset root: manifest} of the samples and both neighbour tasks."""
     out = {}
-    for artifact in ("samples", "neighbors", "neighbors_next_item"):
+    for artifact in ("samples", f"neighbors/{version.folder}", f"neighbors_next_item/{version.folder}"):
         for day in DAYS:
             manifest = storage.read_manifest(paths.partition(artifact, day))
             assert manifest is not None, f"{artifact} dt={day} is not published"
-            out[f"{artifact}/{day}"] = manifest
+            out[f"{artifact}/dt={day}"] = manifest
     return out
 
 
@@ -63,23 +71,30 @@ def test_replay_runs_every_stage_for_every_day_and_reruns_change_nothing(
     llmcf_home, settings, tiny_dir, tmp_path, capsys
 ):
     logs = write_logs(tmp_path / "logs")
-    assert replay.main(_argv(logs, tiny_dir)) == 0
+    assert replay.main(_argv(logs, tiny_dir, "--promote")) == 0
     first = _result(capsys)
     paths = DataPaths(llmcf_home, DATASET)
-    manifests = _manifests(paths)
+    version = _version(tiny_dir)
+    manifests = _manifests(paths, version)
     samples = sum(m["rows"] for k, m in manifests.items() if k.startswith("samples/"))
     assert first["days"] == 3 and first["samples_rows"] == samples == 30
     assert first["cot_generated"] == first["pool_rows"] == 30  # pool_fraction=1, every sample is train
     assert set(first["stage_seconds"]) == {"samples_s", "cot_s", "embed_s", "neighbors_s"}
+    # --promote: the replay's version is promoted at the end (cot/CURRENT and the alias).
+    assert first["cot_version"] == version.folder and first["promoted"]["alias_moved"] is True
+    from llmcf_core.cot.layout import read_current
+
+    assert read_current(paths)["model_version"] == version.model_version
     with QdrantStore.open(settings.qdrant, llmcf_home, owner="test") as store:
         live = store.live(DATASET)
-        assert live is not None and store.count(live[0]) == 30
+        assert live is not None and store.count(live[0]) == 30 and live[1].cot == version
 
     # A rerun (what resuming after a failure does) generates nothing and republishes nothing.
-    assert replay.main(_argv(logs, tiny_dir)) == 0
+    assert replay.main(_argv(logs, tiny_dir, "--promote")) == 0
     again = _result(capsys)
     assert again["cot_generated"] == 0 and again["pool_rows"] == 30
-    assert _manifests(paths) == manifests
+    assert again["promoted"]["alias_moved"] is False and again["promoted"]["current_moved"] is False
+    assert _manifests(paths, version) == manifests
     with QdrantStore.open(settings.qdrant, llmcf_home, owner="test") as store:
         assert store.count(store.live(DATASET)[0]) == 30
 
@@ -96,7 +111,7 @@ def test_replay_on_an_object_store_root_publishes_the_same_data(
 
     logs = write_logs(tmp_path / "logs")
     assert replay.main(_argv(logs, tiny_dir)) == 0
-    local = _manifests(DataPaths(llmcf_home, DATASET))
+    local = _manifests(DataPaths(llmcf_home, DATASET), _version(tiny_dir))
 
     bucket = f"llmcf-replay-{tmp_path.name[-12:]}"
     monkeypatch.setenv("LLMCF_HOME", f"memory://{bucket}/llmcf")
@@ -105,14 +120,14 @@ def test_replay_on_an_object_store_root_publishes_the_same_data(
     load_config.cache_clear()
     fs = fsspec.filesystem("memory")
     try:
-        assert replay.main(_argv(logs, tiny_dir)) == 0
+        assert replay.main(_argv(logs, tiny_dir, "--promote")) == 0
         result = _result(capsys)
-        remote = _manifests(DataPaths(f"memory://{bucket}/llmcf", DATASET))
+        remote = _manifests(DataPaths(f"memory://{bucket}/llmcf", DATASET), _version(tiny_dir))
         assert result["samples_rows"] == 30 and result["cot_generated"] == 30
         assert {k: m["sha256"] for k, m in remote.items()} == {k: m["sha256"] for k, m in local.items()}
         for key, manifest in remote.items():
             assert manifest["file"] == f"part-{manifest['sha256'][:16]}.parquet"
-            assert fs.isfile(f"/{bucket}/llmcf/{DATASET}/{key.replace('/', '/dt=', 1)}/{manifest['file']}")
+            assert fs.isfile(f"/{bucket}/llmcf/{DATASET}/{key}/{manifest['file']}")
         assert fs.cat(f"/{bucket}/llmcf/{DATASET}/cot/CURRENT")  # the CoT pointer, one object
         assert not list(fs.glob(f"/{bucket}/llmcf/{DATASET}/cot/*/_blocks/*"))  # blocks cleaned up
         assert not (tmp_path / "memory:").exists()
@@ -156,18 +171,26 @@ def test_embed_skips_days_without_cot_only_when_asked(llmcf_home, settings, tiny
     assert replay.main(_argv(logs, tiny_dir, "--stages", "cot", *first)) == 0
     capsys.readouterr()
 
+    version = _version(tiny_dir)
+    # Without the cot stage the replay reads the promoted version: there is none yet.
     assert replay.main(_argv(logs, tiny_dir, "--stages", "embed,neighbors")) == 2
+    assert "no current CoT version" in capsys.readouterr().err
+    stages = ["--stages", "embed,neighbors", "--cot-version", version.folder]
+    assert replay.main(_argv(logs, tiny_dir, *stages)) == 2
     err = capsys.readouterr().err
     assert f"no published CoT partition for {DAYS[1]}" in err
     assert f"replay stopped at {DATASET} dt={DAYS[1]} stage embed" in err
 
-    assert replay.main(_argv(logs, tiny_dir, "--stages", "embed,neighbors", "--skip-days-without-cot")) == 0
+    assert replay.main(_argv(logs, tiny_dir, *stages, "--skip-days-without-cot")) == 0
     result = _result(capsys)
     assert result["embed_skipped_days"] == [DAYS[1].isoformat(), DAYS[2].isoformat()]
     assert result["pool_rows"] == 10  # day 0's samples only
     paths = DataPaths(llmcf_home, DATASET)
     for day in DAYS:
-        assert storage.is_published(paths.partition("neighbors", day)), day
-        assert storage.is_published(paths.partition("neighbors_next_item", day)), day
+        assert storage.is_published(paths.partition(f"neighbors/{version.folder}", day)), day
+        assert storage.is_published(paths.partition(f"neighbors_next_item/{version.folder}", day)), day
+    e = settings.embedding
     with QdrantStore.open(settings.qdrant, llmcf_home, owner="test") as store:
-        assert store.count(store.live(DATASET)[0]) == 10
+        assert store.live(DATASET) is None  # nothing promoted: no alias
+        name = store.collection_of(PoolSpec(DATASET, e.embedder, e.dim, version.model_version, "v1-lc"))
+        assert store.count(name) == 10

@@ -109,7 +109,7 @@ def test_failed_rows_over_the_threshold_fail_the_check(llmcf_home, tiny_dir, cap
     blocks = layout.blocks_dir(paths, DAY, "tiny-llama", "v1-lc")
     assert sorted(p.name for p in blocks.iterdir()) == ["block-00000.parquet"]  # kept for the rerun
 
-    assert _run(tiny_dir, "--set", "cot.max_failure_rate=1.0", "--no-promote") == 0
+    assert _run(tiny_dir, "--set", "cot.max_failure_rate=1.0") == 0
     result = _result(capsys)
     assert (
         result["failed"] == 6
@@ -121,7 +121,7 @@ def test_failed_rows_over_the_threshold_fail_the_check(llmcf_home, tiny_dir, cap
     assert table["error"].str.startswith("prompt too long").all() and table["cot_text"].isna().all()
     assert (table["finish_reason"] == "error").all()
     assert not quarantine.exists() and not blocks.exists()
-    assert layout.read_current(paths) is None  # --no-promote
+    assert layout.read_current(paths) is None  # a CoT run never promotes (jobs.promote_cot does)
     with pytest.raises(Exception, match="no CoT version"):
         layout.verify_cot_published(llmcf_home, "ml-100k", DAY.isoformat())
 
@@ -139,8 +139,8 @@ def test_pool_fraction_and_label_switch_pick_the_version(llmcf_home, tiny_dir, c
     assert _run(tiny_dir, *args) == 0
     result = _result(capsys)
     assert result["prompt_version"] == "v1-nolabel" and 0 < result["pool"] < 40
-    assert layout.read_current(paths) == {"model_version": "tiny-llama", "prompt_version": "v1-nolabel"}
-    gate = layout.verify_cot_published(llmcf_home, "ml-100k", DAY.isoformat())
+    assert layout.read_current(paths) is None  # the run wrote its version; nothing was promoted
+    gate = layout.verify_cot_published(llmcf_home, "ml-100k", DAY.isoformat(), "tiny-llama", "v1-nolabel")
     assert gate["rows"] == result["pool"] and gate["prompt_version"] == "v1-nolabel"
 
 

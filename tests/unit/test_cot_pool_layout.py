@@ -48,6 +48,22 @@ def test_current_pointer_moves_atomically(tmp_path):
     assert [p.name for p in (tmp_path / "ml-100k" / "cot").iterdir()] == ["CURRENT"]  # no temp files left
 
 
+def test_model_current_follows_the_promoted_version(tmp_path):
+    paths = DataPaths(tmp_path, "ml-100k")
+    # Before any promotion `current` is the configured model; an explicit model is kept as given.
+    assert layout.model_for_run(paths, "current", "smollm2-135m") == "smollm2-135m"
+    assert layout.model_for_run(paths, "tiny-llama", "smollm2-135m") == "tiny-llama"
+    layout.write_current(paths, "recgen-7", "v1-lc", "recgen:7")
+    assert layout.read_current(paths) == {
+        "model_version": "recgen-7",
+        "prompt_version": "v1-lc",
+        "model": "recgen:7",
+    }
+    assert layout.model_for_run(paths, "current", "smollm2-135m") == "recgen:7"
+    layout.write_current(paths, "old", "v1-lc")  # a pointer without the model: the configured one
+    assert layout.model_for_run(paths, "current", "smollm2-135m") == "smollm2-135m"
+
+
 def _fake_model(folder):
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
@@ -62,6 +78,7 @@ def test_resolve_recgen_models(tmp_path):
     (registry / "latest").write_text(json.dumps({"version": "20240601-1"}))
     latest = layout.resolve_cot_model("recgen:latest", tmp_path)
     assert latest.path == registry / "20240601-1" and latest.model_version == "recgen-20240601-1"
+    assert latest.spec == "recgen:20240601-1"  # resolved: what a promoted version's `--model current` reruns
     pinned = layout.resolve_cot_model("recgen:20240501-1", tmp_path)
     assert pinned.model_version == "recgen-20240501-1"
     for bad in ("recgen:../../x", "recgen:missing"):

@@ -147,7 +147,7 @@ def _publish_pool(settings, day: dt.date, labels, vectors, pv: str = PV) -> None
         schema=pool_schema(dim),
     )
     spec = PoolSpec(DS, settings.embedding.embedder, dim, MV, pv)
-    storage.publish_table(table, rpaths.pool(day), {"spec": spec.to_dict()})
+    storage.publish_table(table, rpaths.pool(day, spec.cot), {"spec": spec.to_dict()})
 
 
 E = np.eye(4, dtype=np.float32)

@@ -14,7 +14,8 @@ from llmcf_core.config import CONFIG_DIR, load_config_file
 from llmcf_core.paths import DataPaths, InvalidArgument
 from llmcf_core.rec import metrics as M
 from llmcf_core.rec.dataset import load_tables, vectors
-from llmcf_core.rec.synthetic import FIRST_DAY, write_synthetic_dataset
+from llmcf_core.rec.synthetic import FIRST_DAY, SYNTH_COT_VERSION, write_synthetic_dataset
+from llmcf_core.retrieval.layout import CotVersion, RetrievalPaths
 
 EMBEDDER = "synth-enc"
 
@@ -48,7 +49,7 @@ def test_tables_join_samples_examples_and_cots(home):
     assert (tables.hist[i, len(raw_hist) :] == 0).all()
 
     # Neighbours point at the rows of the sample ids the neighbours table names.
-    nb = storage.read_partition(paths.partition("neighbors", FIRST_DAY + dt.timedelta(days=3)))
+    nb = storage.read_partition(_nb(home, FIRST_DAY + dt.timedelta(days=3)))
     q = nb.column("sample_id")[5].as_py()
     row = int(np.flatnonzero(tables.sample_id == q)[0])
     ids = [s for s in nb.column("neighbor_ids")[5].as_py() if s]
@@ -60,8 +61,9 @@ def test_tables_join_samples_examples_and_cots(home):
     # the example's CoT is the pool's cot_vec of that example
     pool = pa.concat_tables(
         storage.read_partition(
-            paths.artifact(f"embeddings/{EMBEDDER}/pool")
-            / f"dt={(FIRST_DAY + dt.timedelta(days=d)).isoformat()}"
+            RetrievalPaths(home, "synth", EMBEDDER).pool(
+                FIRST_DAY + dt.timedelta(days=d), CotVersion.parse(SYNTH_COT_VERSION)
+            )
         )
         for d in range(2)
     )
@@ -84,15 +86,19 @@ def test_base_variant_reads_no_neighbours_and_until_limits_days(home):
     assert early.fingerprint != tables.fingerprint
 
 
+def _nb(home, day):
+    """The synthetic dataset's ctr neighbours of ``day`` (under its promoted CoT version)."""
+    return RetrievalPaths(home, "synth", EMBEDDER).neighbors(day, "ctr", CotVersion.parse(SYNTH_COT_VERSION))
+
+
 def test_unknown_neighbour_ids_become_padding(home):
-    paths = DataPaths(home, "synth")
     day = FIRST_DAY + dt.timedelta(days=3)
-    nb = storage.read_partition(paths.partition("neighbors", day))
+    nb = storage.read_partition(_nb(home, day))
     ids = nb.column("neighbor_ids").to_pylist()
     ids[0] = ["no-such-sample"] + ids[0][1:]
     storage.publish_table(
         nb.set_column(1, "neighbor_ids", pa.array(ids, pa.list_(pa.string()))),
-        paths.partition("neighbors", day),
+        _nb(home, day),
     )
     tables = load_tables(_settings(home), "synth", embedder=EMBEDDER)
     assert tables.stats["neighbor_ids_unknown"] == 1
@@ -105,10 +111,9 @@ def test_missing_inputs_are_clear_errors(home, tmp_path_factory):
         load_tables(_settings(home), "synth", embedder="other-encoder")
     with pytest.raises(InvalidArgument, match="no published samples"):
         load_tables(_settings(home), "nothing-here", embedder=EMBEDDER)
-    paths = DataPaths(home, "synth")
     import shutil
 
-    shutil.rmtree(paths.artifact("neighbors"))
+    shutil.rmtree(_nb(home, FIRST_DAY).parent)
     with pytest.raises(InvalidArgument, match="no published neighbours"):
         load_tables(_settings(home), "synth", embedder=EMBEDDER)
     assert (

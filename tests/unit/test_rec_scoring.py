@@ -12,12 +12,12 @@ import torch
 from jobs import score
 from llmcf_core import storage
 from llmcf_core.config import load_config
-from llmcf_core.paths import DataPaths
 from llmcf_core.rec import registry
 from llmcf_core.rec.dataset import load_tables
 from llmcf_core.rec.scoring import ExactRetriever, RetrievalQuery, Scorer, ScoreRequest
-from llmcf_core.rec.synthetic import write_synthetic_dataset
+from llmcf_core.rec.synthetic import SYNTH_COT_VERSION, write_synthetic_dataset
 from llmcf_core.rec.train import train
+from llmcf_core.retrieval.layout import CotVersion, RetrievalPaths
 
 EMBEDDER = "synth-enc"
 
@@ -133,7 +133,9 @@ def test_base_model_needs_no_retrieval_and_cli_prints_scores(rec_settings, capsy
 def test_example_store_covers_the_pool(rec_settings):
     _published(rec_settings, "DIN", "llmcf")
     scorer = Scorer.load(rec_settings, "synth", "DIN", "llmcf")
-    pool_root = DataPaths(rec_settings.home, "synth").artifact(f"embeddings/{EMBEDDER}/pool")
+    pool_root = RetrievalPaths(rec_settings.home, "synth", EMBEDDER).pool_root(
+        CotVersion.parse(SYNTH_COT_VERSION)
+    )
     n_pool = sum(storage.read_partition(p).num_rows for p in sorted(pool_root.glob("dt=*")))
     assert len(scorer.store.ids) == n_pool
     tokens, mask = scorer.store.lookup([["", scorer.store.ids[0], "missing", ""]])

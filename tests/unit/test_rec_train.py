@@ -112,10 +112,12 @@ def test_warm_start_copies_rows_by_raw_id(rec_settings):
     assert warm.metrics["primary_metric"] == "ndcg@10" and "hit@10" in warm.metrics["test"]
 
 
-def _fake_version(home, version: str, auc: float, metric: str = "auc", floor: float | None = 0.65) -> None:
+def _fake_version(
+    home, version: str, auc: float, metric: str = "auc", floor: float | None = 0.65, cot: str | None = None
+) -> None:
     folder = registry.version_dir(home, "DIN", "llmcf", version)
     folder.mkdir(parents=True)
-    metrics = {"primary_metric": metric, "valid": {metric: auc}}
+    metrics = {"primary_metric": metric, "valid": {metric: auc}, "cot_version": cot}
     if floor is not None:
         metrics["baseline_floor"] = {"name": "item_plus_history", "metric": metric, "valid": floor}
     (folder / "metrics.json").write_text(json.dumps(metrics))
@@ -154,6 +156,27 @@ def test_publish_gate(tmp_path):
     assert not [p for p in pointer.parent.iterdir() if p.name.startswith(".")]  # no temp files left
     with pytest.raises(Exception, match="not complete"):
         registry.publish_gate(home, "ml-100k", "DIN", "llmcf", "v9", tolerance=0.0)
+
+
+def test_publish_gate_serves_only_the_promoted_cot_version(tmp_path):
+    """A model trained on another CoT version than the promoted one (a run with another cot_model)
+    is never published; before any promotion there is nothing to protect."""
+    from llmcf_core.cot.layout import write_current
+    from llmcf_core.paths import DataPaths
+
+    home = tmp_path
+    _fake_version(home, "on-b", 0.80, cot="m-b__v1-lc")
+    _fake_version(home, "on-a", 0.70, cot="m-a__v1-lc")
+    write_current(DataPaths(home, "ml-100k"), "m-a", "v1-lc")
+    refused = registry.publish_gate(home, "ml-100k", "DIN", "llmcf", "on-b", tolerance=1.0)
+    assert (
+        not refused.published
+        and "trained on CoT version m-b__v1-lc, not the promoted m-a__v1-lc" in refused.reason
+    )
+    assert registry.current_version(home, "ml-100k", "DIN", "llmcf") is None
+    assert registry.publish_gate(home, "ml-100k", "DIN", "llmcf", "on-a", tolerance=1.0).published
+    # before any promotion (another dataset here) the version is not checked
+    assert registry.publish_gate(home, "ml-1m", "DIN", "llmcf", "on-b", tolerance=1.0).published
 
 
 def test_vocab_roundtrip_and_unknown_ids(rec_settings):

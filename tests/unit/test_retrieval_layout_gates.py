@@ -49,9 +49,12 @@ def test_cot_version_pointer_and_parsing(tmp_path):
     assert CotVersion.parse("m1__p1") == CotVersion("m1", "p1")
     with pytest.raises(InvalidArgument):
         CotVersion.parse("no-separator")
-    assert paths.neighbors(dt.date(2024, 1, 1), "next_item").parent.name == "neighbors_next_item"
+    v1 = CotVersion("m1", "p1")
+    folder = paths.neighbors(dt.date(2024, 1, 1), "next_item", v1)
+    assert (folder.parent.parent.name, folder.parent.name) == ("neighbors_next_item", "m1__p1")
+    assert paths.pool(dt.date(2024, 1, 1), v1).parent.name == "m1__p1"  # artifacts live under their version
     with pytest.raises(InvalidArgument, match="unknown task"):
-        paths.neighbors(dt.date(2024, 1, 1), "rank")
+        paths.neighbors(dt.date(2024, 1, 1), "rank", v1)
 
 
 def test_both_profiles_configure_embedding_qdrant_and_retrieval():
@@ -85,26 +88,44 @@ def test_gates_read_manifests_only(settings, llmcf_home):
     paths = RetrievalPaths(llmcf_home, "ml-100k", settings.embedding.embedder)
     day = dt.date(1998, 1, 15)
     with pytest.raises(InvalidArgument, match="not published"):
+        gates.verify_pool_published(settings, "ml-100k", "1998-01-15", "m1__v1")
+    with pytest.raises(InvalidArgument, match="no current CoT version"):  # no version, none promoted
         gates.verify_pool_published(settings, "ml-100k", "1998-01-15")
+    v1 = CotVersion("m1", "v1")
     spec = {
         "embedder": settings.embedding.embedder,
         "dim": settings.embedding.dim,
         "cot_model_version": "m1",
         "cot_prompt_version": "v1",
     }
-    _publish(paths.pool(day), partition="1998-01-15", qdrant={"success": True}, spec=spec, collection="c")
-    assert gates.verify_pool_published(settings, "ml-100k", "1998-01-15")["collection"] == "c"
-    # A run that wrote CoT version m2__v1 refuses a pool built from another version.
-    assert gates.verify_pool_published(settings, "ml-100k", "1998-01-15", "m1__v1")["cot_version"] == "m1__v1"
+    _publish(paths.pool(day, v1), partition="1998-01-15", qdrant={"success": True}, spec=spec, collection="c")
+    assert gates.verify_pool_published(settings, "ml-100k", "1998-01-15", "m1__v1")["collection"] == "c"
+    paths.cot_root.mkdir(parents=True)
+    paths.cot_pointer.write_text(json.dumps({"model_version": "m1", "prompt_version": "v1"}))
+    assert gates.verify_pool_published(settings, "ml-100k", "1998-01-15")["cot_version"] == "m1__v1"
+    # Another version's pool lives in its own folder: a run that wrote m2__v1 finds nothing of m1's.
+    with pytest.raises(InvalidArgument, match="not published"):
+        gates.verify_pool_published(settings, "ml-100k", "1998-01-15", "m2__v1")
+    # A partition whose manifest names another version than its folder is refused.
+    _publish(
+        paths.pool(day, CotVersion("m2", "v1")), partition="1998-01-15", qdrant={"success": True}, spec=spec
+    )
     with pytest.raises(InvalidArgument, match="built from CoT version m1__v1, not this run's m2__v1"):
         gates.verify_pool_published(settings, "ml-100k", "1998-01-15", "m2__v1")
-    _publish(paths.neighbors(day), partition="1998-01-15", agreement={"success": False, "failures": []}, k=4)
+    _publish(
+        paths.neighbors(day, "ctr", v1),
+        partition="1998-01-15",
+        agreement={"success": False, "failures": []},
+        k=4,
+    )
     with pytest.raises(InvalidArgument, match="'agreement' did not pass"):
         gates.verify_neighbors_published(settings, "ml-100k", "1998-01-15")
     meta = {"checks": {"success": True}, "agreement": {"success": True}, "k": settings.retrieval.k}
     storage.publish_table(
-        pa.table({"x": [2]}), paths.neighbors(day), {**meta, "partition": "1998-01-15", "spec": spec}
+        pa.table({"x": [2]}),
+        paths.neighbors(day, "ctr", v1),
+        {**meta, "partition": "1998-01-15", "spec": spec},
     )
     assert gates.verify_neighbors_published(settings, "ml-100k", "1998-01-15", "ctr", "m1__v1")["rows"] == 1
-    with pytest.raises(InvalidArgument, match="not this run's m2__v1"):
+    with pytest.raises(InvalidArgument, match="not published"):
         gates.verify_neighbors_published(settings, "ml-100k", "1998-01-15", "ctr", "m2__v1")
