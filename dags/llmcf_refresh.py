@@ -37,6 +37,8 @@ clearing and backfilling failed partitions.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from airflow.sdk import (
     DAG,
@@ -126,6 +128,127 @@ def _ray_job(task_id: str, stage: str, job: str, args: list[str], doc: str) -> R
     )
 
 
+def _verify_samples(partition: str, job: dict | None, params: dict) -> dict:
+    """The samples partition the ingest job wrote is published and its checks passed."""
+    from llmcf_core.quality.publish import verify_published
+
+    folder = job_result(job, "samples_path")["samples_path"]
+    manifest = verify_published(folder, partition=partition)
+    return {"partition": partition, "rows": manifest.get("rows"), "sha256": manifest.get("sha256")}
+
+
+def _verify_cot(partition: str, job: dict | None, params: dict) -> dict:
+    """The CoT version the job wrote for the day is published with passing checks; returns it as
+    ``cot_version`` for embed, retrieve and the recommender."""
+    from llmcf_core.cot.layout import verify_cot_published, version_name
+
+    result = job_result(job, "model_version", "prompt_version")
+    mv, pv = result["model_version"], result["prompt_version"]
+    checked = verify_cot_published(SETTINGS.home, params["dataset"], partition, mv, pv)
+    return {**checked, "cot_version": version_name(mv, pv)}
+
+
+def _verify_pool(partition: str, job: dict | None, params: dict) -> dict:
+    """Pool embeddings published from the CoT version the job used, checks and Qdrant counts passed."""
+    from llmcf_core.retrieval.gates import verify_pool_published
+
+    version = job_result(job, "cot_version")["cot_version"]
+    return verify_pool_published(SETTINGS, params["dataset"], partition, version)
+
+
+def _verify_neighbors(partition: str, job: dict | None, params: dict) -> dict:
+    """The neighbours the job wrote are published with passing checks (leakage rules included),
+    from the CoT version of the pool it searched."""
+    from llmcf_core.retrieval.gates import verify_neighbors_published
+
+    result = job_result(job, "task", "cot_version")
+    return verify_neighbors_published(
+        SETTINGS, params["dataset"], partition, result["task"], result["cot_version"]
+    )
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One job + gate stage of the refresh: task group ``name`` holds the Ray job ``job_task``
+    (``python -m jobs.<job> --dataset --partition <args>``) and the gate ``gate_task``, which calls
+    ``verify(partition, job result, params)`` and publishes ``asset``."""
+
+    name: str
+    job: str
+    job_task: str
+    args: list[str]
+    gate_task: str
+    verify: Callable[[str, dict | None, dict], dict]
+    asset: Asset
+    tooltip: str
+    job_doc: str
+
+
+STAGE_TABLE = [
+    Stage(
+        "samples",
+        "ingest",
+        "ingest",
+        [],
+        "check_samples",
+        _verify_samples,
+        samples_asset,
+        "Build, check and publish the day's samples",
+        "Ray job `python -m jobs.ingest`: builds the partition from the raw logs, runs the GX suites "
+        "(items, interactions, samples) and publishes atomically; quarantines on failure.",
+    ),
+    Stage(
+        "cot",
+        "generate_cot",
+        "generate_cot",
+        ["--model", "{{ params.cot_model }}", "--backend", "{{ params.cot_backend }}"],
+        "check_cot",
+        _verify_cot,
+        cot_asset,
+        "Chain-of-thought texts for the day's training samples",
+        "Ray job `python -m jobs.generate_cot`: batched generation on a Ray Data actor pool (or vLLM), "
+        "resumable by blocks; GX-checked before publishing; writes this run's CoT version (never "
+        "moves `cot/CURRENT`).",
+    ),
+    Stage(
+        "embed",
+        "embed_upsert",
+        "embed_upsert",
+        ["--cot-version", COT_VERSION],
+        "check_pool",
+        _verify_pool,
+        pool_asset,
+        "Embed the CoT pool and upsert it into Qdrant",
+        "Ray job `python -m jobs.embed_upsert`: sentence-encoder embeddings on Ray Data, idempotent "
+        "upserts (UUID5 ids) into the collection of this run's CoT version, count-checked.",
+    ),
+    Stage(
+        "neighbors",
+        "retrieve",
+        "retrieve",
+        ["--cot-version", COT_VERSION],
+        "check_neighbors",
+        _verify_neighbors,
+        neighbors_asset,
+        "Leakage-safe in-context examples for every sample of the day",
+        "Ray job `python -m jobs.retrieve`: K label-balanced earlier examples per sample (exact), "
+        "leakage rules verified, agreement with Qdrant measured, padded share bounded.",
+    ),
+]
+
+
+def _gate_task(stage: Stage):
+    """The stage's check task: runs its verify function on the job's result; a refusal fails the
+    task without retries."""
+
+    def gate(partition: str, job: dict | None) -> dict:
+        return _gate(stage.verify, partition, job, get_current_context()["params"])
+
+    gate.__name__ = stage.gate_task
+    gate.__doc__ = f"Gate: {stage.verify.__doc__}"
+    return task(task_id=stage.gate_task, outlets=[stage.asset], retries=0)(gate)
+
+
 with DAG(
     dag_id="llmcf_refresh",
     description="Daily LLM-CF refresh: ingest -> checks (-> CoT -> Qdrant -> recommender)",
@@ -211,115 +334,16 @@ with DAG(
 
     part = resolve_partition()
 
-    with TaskGroup("samples", tooltip="Build, check and publish the day's samples"):
-        ingest = _ray_job(
-            "ingest",
-            "samples",
-            "ingest",
-            [],
-            "Ray job `python -m jobs.ingest`: builds the partition from the raw logs, runs the GX suites "
-            "(items, interactions, samples) and publishes atomically; quarantines on failure.",
-        )
-
-        @task(outlets=[samples_asset], retries=0)
-        def check_samples(partition: str, job: dict | None) -> dict:
-            """Gate: the samples partition the ingest job wrote is published and its checks passed."""
-            from llmcf_core.quality.publish import verify_published
-
-            folder = job_result(job, "samples_path")["samples_path"]
-            manifest = _gate(lambda: verify_published(folder, partition=partition))
-            return {"partition": partition, "rows": manifest.get("rows"), "sha256": manifest.get("sha256")}
-
-        samples_checked = check_samples(part, ingest.output)
-        part >> ingest >> samples_checked
-
-    with TaskGroup("cot", tooltip="Chain-of-thought texts for the day's training samples"):
-        generate_cot = _ray_job(
-            "generate_cot",
-            "cot",
-            "generate_cot",
-            ["--model", "{{ params.cot_model }}", "--backend", "{{ params.cot_backend }}"],
-            "Ray job `python -m jobs.generate_cot`: batched generation on a Ray Data actor pool (or vLLM), "
-            "resumable by blocks; GX-checked before publishing; writes this run's CoT version (never "
-            "moves `cot/CURRENT`).",
-        )
-
-        @task(outlets=[cot_asset], retries=0)
-        def check_cot(partition: str, job: dict | None) -> dict:
-            """Gate: the CoT version the job wrote for the day is published with passing checks;
-            returns it as ``cot_version`` for embed and retrieve."""
-            from llmcf_core.cot.layout import verify_cot_published, version_name
-
-            result = job_result(job, "model_version", "prompt_version")
-            params = get_current_context()["params"]
-            checked = _gate(
-                verify_cot_published,
-                SETTINGS.home,
-                params["dataset"],
-                partition,
-                result["model_version"],
-                result["prompt_version"],
-            )
-            return {**checked, "cot_version": version_name(result["model_version"], result["prompt_version"])}
-
-        samples_checked >> generate_cot
-        cot_checked = check_cot(part, generate_cot.output)
-        generate_cot >> cot_checked
-
-    with TaskGroup("embed", tooltip="Embed the CoT pool and upsert it into Qdrant"):
-        embed_upsert = _ray_job(
-            "embed_upsert",
-            "embed",
-            "embed_upsert",
-            ["--cot-version", COT_VERSION],
-            "Ray job `python -m jobs.embed_upsert`: sentence-encoder embeddings on Ray Data, idempotent "
-            "upserts (UUID5 ids) into the collection of this run's CoT version, count-checked.",
-        )
-
-        @task(outlets=[pool_asset], retries=0)
-        def check_pool(partition: str, job: dict | None) -> dict:
-            """Gate: pool embeddings published from the CoT version the job used, checks and Qdrant
-            counts passed."""
-            from llmcf_core.retrieval.gates import verify_pool_published
-
-            version = job_result(job, "cot_version")["cot_version"]
-            params = get_current_context()["params"]
-            return _gate(verify_pool_published, SETTINGS, params["dataset"], partition, version)
-
-        cot_checked >> embed_upsert
-        pool_checked = check_pool(part, embed_upsert.output)
-        embed_upsert >> pool_checked
-
-    with TaskGroup("neighbors", tooltip="Leakage-safe in-context examples for every sample of the day"):
-        retrieve = _ray_job(
-            "retrieve",
-            "neighbors",
-            "retrieve",
-            ["--cot-version", COT_VERSION],
-            "Ray job `python -m jobs.retrieve`: K label-balanced earlier examples per sample (exact), "
-            "leakage rules verified, agreement with Qdrant measured, padded share bounded.",
-        )
-
-        @task(outlets=[neighbors_asset], retries=0)
-        def check_neighbors(partition: str, job: dict | None) -> dict:
-            """Gate: the neighbours the job wrote are published with passing checks (leakage rules
-            included), from the CoT version of the pool it searched."""
-            from llmcf_core.retrieval.gates import verify_neighbors_published
-
-            result = job_result(job, "task", "cot_version")
-            params = get_current_context()["params"]
-            return _gate(
-                verify_neighbors_published,
-                SETTINGS,
-                params["dataset"],
-                partition,
-                result["task"],
-                result["cot_version"],
-            )
-
-        pool_checked >> retrieve
-        neighbors_checked = check_neighbors(part, retrieve.output)
-        retrieve >> neighbors_checked
+    # The job + gate stages, in order: each is a Ray job and the check task that gates what it
+    # published (see STAGE_TABLE); the recommender below has its own shape.
+    checked = None
+    for stage in STAGE_TABLE:
+        with TaskGroup(stage.name, tooltip=stage.tooltip):
+            job = _ray_job(stage.job_task, stage.name, stage.job, stage.args, stage.job_doc)
+            gate = _gate_task(stage)(part, job.output)
+            (checked if checked is not None else part) >> job >> gate
+        checked = gate
+    neighbors_checked = checked
 
     with TaskGroup("recommender", tooltip="Retrain, evaluate and (maybe) publish the recommender"):
 
