@@ -206,6 +206,7 @@ def _runs_version() -> str:
     from llmcf_core.config import load_config
     from llmcf_core.cot.pipeline import version_written
 
+    load_config.cache_clear()  # this test's config file (LLMCF_CONFIG_FILE), not an earlier test's
     settings = load_config()
     return version_written(settings.cot, settings.home)
 
@@ -219,8 +220,8 @@ def _published(home) -> dict[str, object]:
     from llmcf_core.retrieval.store import QdrantStore
     from llmcf_core.retrieval.upsert import current_spec
 
+    version = _runs_version()  # (re)loads this test's config
     settings = load_config()
-    version = _runs_version()
     spec = current_spec(settings, "shop", version)
     paths = DataPaths(home, "shop")
     rpaths = RetrievalPaths(home, "shop", spec.embedder)
