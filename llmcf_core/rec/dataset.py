@@ -39,7 +39,7 @@ import torch
 from llmcf_core import storage
 from llmcf_core.paths import DataPaths, InvalidArgument, check_dataset_name
 from llmcf_core.rec.spec import DataSpec
-from llmcf_core.retrieval.layout import RetrievalPaths, resolve_cot_version
+from llmcf_core.retrieval.layout import RetrievalPaths, published_days, resolve_cot_version
 
 log = logging.getLogger(__name__)
 
@@ -156,18 +156,6 @@ class RecTables:
 # --------------------------------------------------------------------------------------------
 
 
-def _published_days(root: Path, until: dt.date | None) -> list[dt.date]:
-    days = []
-    for folder in sorted(root.glob("dt=*")):
-        try:
-            day = dt.date.fromisoformat(folder.name.removeprefix("dt="))
-        except ValueError:
-            continue
-        if storage.is_published(folder) and (until is None or day <= until):
-            days.append(day)
-    return days
-
-
 class _Reader:
     """Reads published partitions and remembers their content hashes for the fingerprint."""
 
@@ -272,7 +260,7 @@ def load_tables(
     embedder = resolve_embedder(settings, embedder)
     reader = _Reader()
 
-    days = _published_days(paths.artifact("samples"), until)
+    days = published_days(paths.artifact("samples"), until)
     if not days:
         raise InvalidArgument(f"no published samples for {dataset!r} up to {until or 'now'}")
     samples = reader.read_days(paths.artifact("samples"), days, SAMPLE_COLUMNS)
@@ -428,7 +416,7 @@ def _attach_icl(
     until: dt.date | None,
 ) -> None:
     """Neighbour rows (N, K) and CoT embeddings for the llmcf* variants."""
-    pool = reader.read_days(pool_root, _published_days(pool_root, until), ["sample_id", "cot_vec"])
+    pool = reader.read_days(pool_root, published_days(pool_root, until), ["sample_id", "cot_vec"])
     if pool is None or pool.num_rows == 0:
         raise InvalidArgument(f"no published in-context pool at {pool_root} (run the embedding stage)")
     nb_days = [d for d in days if storage.is_published(nb_root / f"dt={d.isoformat()}")]
@@ -535,7 +523,7 @@ def read_pool(
     root = rpaths.pool_root(resolve_cot_version(rpaths, cot_version))
     day = dt.date.fromisoformat(until) if until else None
     columns = ["sample_id", "timestamp", "label", "history_vec", "target_vec"]
-    pool = _Reader().read_days(root, _published_days(root, day), columns)
+    pool = _Reader().read_days(root, published_days(root, day), columns)
     if pool is None:
         raise InvalidArgument(f"no published in-context pool at {root}")
     return {

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from llmcf_core import fsio
+from llmcf_core.paths import DataPaths
 from llmcf_core.rec import registry, stats
 from llmcf_core.rec.backbones import model_class
 from llmcf_core.rec.metrics import TOP_KS
@@ -516,12 +517,15 @@ def _cot_quality_lines(settings: Any, dataset: str, version: str | None) -> list
 
 
 def _current_cot(settings: Any, dataset: str) -> str:
-    pointer = fsio.as_path(settings.home) / dataset / "cot" / "CURRENT"
+    from llmcf_core.cot.layout import read_current, version_name
+
     try:
-        raw = json.loads(pointer.read_text(encoding="utf-8"))
-        return f"{raw['model_version']}__{raw['prompt_version']}"
+        current = read_current(DataPaths(settings.home, dataset))
     except (OSError, ValueError, KeyError):
+        current = None
+    if not current:
         return "unknown (no cot/CURRENT)"
+    return version_name(current["model_version"], current["prompt_version"])
 
 
 def _plot(path: Path, dataset: str, summary: dict[tuple[str, str], dict[str, Any]]) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from llmcf_core import fsio
-from llmcf_core.paths import InvalidArgument, check_dataset_name
+from llmcf_core.paths import DataPaths, InvalidArgument, check_dataset_name
 
 METRICS_FILE = "metrics.json"
 # test rows' scores: sample_id, value (probability, or the target's 0-based rank for next item),
@@ -137,11 +137,13 @@ class GateDecision:
 
 def _promoted_cot(home: Path, dataset: str) -> str | None:
     """MODEL__PROMPT named by ``<ds>/cot/CURRENT`` (None before the first promotion)."""
+    from llmcf_core.cot.layout import read_current, version_name  # standard library + fsio
+
     try:
-        raw = read_json(fsio.as_path(home) / check_dataset_name(dataset) / "cot" / "CURRENT")
-        return f"{raw['model_version']}__{raw['prompt_version']}"
+        current = read_current(DataPaths(home, dataset))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return version_name(current["model_version"], current["prompt_version"]) if current else None
 
 
 def publish_gate(

@@ -165,10 +165,18 @@ def published_days(root: Path, until: dt.date | None = None) -> list[dt.date]:
     first."""
     days = []
     for folder in sorted(root.glob("dt=*")):
-        day = dt.date.fromisoformat(folder.name.removeprefix("dt="))
+        try:
+            day = dt.date.fromisoformat(folder.name.removeprefix("dt="))
+        except ValueError:  # not a partition folder of ours
+            continue
         if (folder / "_SUCCESS").is_file() and (until is None or day <= until):
             days.append(day)
     return days
+
+
+def promoted_cot(paths: RetrievalPaths) -> CotVersion | None:
+    """The dataset's promoted CoT version, or None before the first promotion."""
+    return read_current_cot(paths) if paths.cot_pointer.exists() else None
 
 
 def read_current_cot(paths: RetrievalPaths) -> CotVersion:

@@ -24,22 +24,16 @@ from llmcf_core import storage
 from llmcf_core.config import Settings
 from llmcf_core.cot import layout as cot_layout
 from llmcf_core.paths import InvalidArgument
-from llmcf_core.retrieval.layout import CotVersion, RetrievalPaths, alias_name, read_current_cot
+from llmcf_core.retrieval.layout import CotVersion, RetrievalPaths, alias_name, promoted_cot
 from llmcf_core.retrieval.store import QdrantStore
 from llmcf_core.retrieval.upsert import current_spec, embed_upsert
 
 log = logging.getLogger(__name__)
 
 
-def _current(paths: RetrievalPaths) -> CotVersion | None:
-    if not paths.cot_pointer.exists():
-        return None
-    return read_current_cot(paths)
-
-
 def missing_days(paths: RetrievalPaths, new: CotVersion, through: dt.date | None = None) -> list[dt.date]:
     """Days the promoted version has a CoT partition for (up to ``through``) and ``new`` lacks."""
-    old = _current(paths)
+    old = promoted_cot(paths)
     if old is None or old == new:
         return []
     must = {d for d in paths.cot_days(old) if through is None or d <= through}
@@ -72,7 +66,7 @@ def promote(
         )
     missing = missing_days(paths, new, through)
     if missing:
-        old = _current(paths)
+        old = promoted_cot(paths)
         assert old is not None
         raise InvalidArgument(
             f"promotion refused: CoT version {new.folder} lacks {len(missing)} day(s) that the promoted "
@@ -109,7 +103,7 @@ def promote(
         previous_collection = store.alias_target(dataset)
         if previous_collection != name:
             store.swap_alias(dataset, name)
-    previous = _current(paths)
+    previous = promoted_cot(paths)
     model = model_of(paths, new, cot_days[-1])
     moved = cot_layout.write_current(paths.data, new.model_version, new.prompt_version, model)
     log.info("promoted %s for %s (alias %s -> %s)", new.folder, dataset, alias_name(dataset), name)

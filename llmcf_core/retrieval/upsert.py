@@ -33,12 +33,11 @@ from llmcf_core.quality.publish import reject
 from llmcf_core.retrieval import checks
 from llmcf_core.retrieval.embed import ItemVectors, ensure_item_vectors
 from llmcf_core.retrieval.layout import (
-    CotVersion,
     PoolSpec,
     RetrievalPaths,
     alias_name,
     generation_of,
-    read_current_cot,
+    promoted_cot,
     resolve_cot_version,
 )
 from llmcf_core.retrieval.pool import PreparedPool, prepare_pool, publish_pool
@@ -171,7 +170,7 @@ def _rebuild(
         store.finish_load(name)
         # The alias mirrors cot/CURRENT: a new build of the promoted version becomes live (a rebuild,
         # or its first build); a build of any other version leaves the alias where it is.
-        swap = _promoted(paths) == spec.cot and store.alias_target(spec.dataset) != name
+        swap = promoted_cot(paths) == spec.cot and store.alias_target(spec.dataset) != name
         previous = store.swap_alias(spec.dataset, name) if swap else None
     except BaseException:
         with contextlib.suppress(Exception):
@@ -185,11 +184,6 @@ def _rebuild(
         "previous_collection": previous,
         "alias_moved": swap,
     }
-
-
-def _promoted(paths: RetrievalPaths) -> CotVersion | None:
-    """The dataset's promoted CoT version (None before the first promotion)."""
-    return read_current_cot(paths) if paths.cot_pointer.exists() else None
 
 
 def _drop_superseded(store: QdrantStore, spec: PoolSpec, keep: str) -> None:
