@@ -44,7 +44,7 @@ def built_prompts(home, n: int, tokenizer):
     """The PromptBuilder frame of the first ``n`` samples of DAY (ingested into ``home`` if missing)."""
     from llmcf_core import storage
     from llmcf_core.cot.prompt import PromptBuilder
-    from llmcf_core.paths import DataPaths
+    from llmcf_core.layout import DataPaths
 
     paths = DataPaths(home, "ml-100k")
     if not storage.is_published(paths.samples(DAY)):
@@ -132,7 +132,7 @@ def through_ray(model_dir: str, prompts: list[str], args, decoding) -> dict:
             TimedGenerator,
             fn_constructor_kwargs={
                 "model_dir": model_dir,
-                "decoding": decoding.to_dict(),
+                "decoding": decoding.model_dump(),
                 "dtype": "bfloat16",
                 "device": "cpu",
                 "torch_threads": args.threads,
@@ -179,8 +179,7 @@ def main() -> None:
     os.environ.pop("RAY_ADDRESS", None)
     import torch
 
-    from llmcf_core.config import load_config
-    from llmcf_core.cot.engine_hf import Decoding
+    from llmcf_core.config import DecodingConfig, load_config
     from llmcf_core.llm.models import load_model, resolve_model
 
     home = load_config().home
@@ -191,7 +190,7 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     tokenizer.padding_side = "left"
     prompts, lengths = build_prompts(home, args.prompts, tokenizer)
-    decoding = Decoding(
+    decoding = DecodingConfig(
         num_candidates=1, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, seed=0
     )
     report: dict = {
@@ -208,7 +207,7 @@ def main() -> None:
     }
     report["actors"], report["cpus_per_actor"] = args.actors, args.cpus_per_actor
     if not args.only_ray:
-        warm = Decoding(num_candidates=1, max_new_tokens=4, min_new_tokens=4)
+        warm = DecodingConfig(num_candidates=1, max_new_tokens=4, min_new_tokens=4)
         bare(model, tokenizer, prompts[:2], 2, warm)
         secs, toks = bare(model, tokenizer, prompts, args.batch_size, decoding)
         report["bare_batched"] = {"tokens": toks, "s": round(secs, 2), "tok_s": round(toks / secs, 1)}

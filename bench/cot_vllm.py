@@ -71,9 +71,11 @@ def _prepare(args) -> dict:
 
 
 def _decoding(args, n: int):
-    from llmcf_core.cot.engine_hf import Decoding
+    from llmcf_core.config import DecodingConfig
 
-    return Decoding(num_candidates=n, max_new_tokens=args.new_tokens, min_new_tokens=args.min_tokens, seed=0)
+    return DecodingConfig(
+        num_candidates=n, max_new_tokens=args.new_tokens, min_new_tokens=args.min_tokens, seed=0
+    )
 
 
 def _hf(args, data: dict, n: int, single: bool) -> dict:
@@ -90,7 +92,7 @@ def _hf(args, data: dict, n: int, single: bool) -> dict:
     prompts = data["prompts"][: args.single] if single else data["prompts"]
     batch = 1 if single else args.batch_size
     dec = _decoding(args, n)
-    warm = dec.__class__(num_candidates=1, max_new_tokens=2, min_new_tokens=2)
+    warm = dec.model_copy(update={"num_candidates": 1, "max_new_tokens": 2, "min_new_tokens": 2})
     generate_candidates(model, tokenizer, prompts[:1], warm, 0)
     tokens, t0 = 0, time.perf_counter()
     for i in range(0, len(prompts), batch):
@@ -108,7 +110,8 @@ def _vllm_engine(args, data: dict, n: int, eager: bool) -> dict:
     from llmcf_core.cot import engine_vllm
     from llmcf_core.cot.backend import cpu_engine_env
 
-    cot = load_config().cot.model_copy(update={"max_new_tokens": args.new_tokens})
+    dec = _decoding(args, n)
+    cot = load_config().cot.model_copy(update={"decoding": dec})
     os.environ.update(cpu_engine_env(cot))  # what the pipeline's in-process engine runs with
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     engine = {**engine_vllm.engine_kwargs(cot), "distributed_executor_backend": "uni"}
@@ -120,7 +123,6 @@ def _vllm_engine(args, data: dict, n: int, eager: bool) -> dict:
     prompts = [
         TokensPrompt(prompt_token_ids=tok(p, add_special_tokens=False)["input_ids"]) for p in data["prompts"]
     ]
-    dec = _decoding(args, n)
     params = [SamplingParams(**engine_vllm.sampling_params(dec, sid)) for sid in data["sample_ids"]]
     llm.generate(prompts[:1], SamplingParams(max_tokens=2), use_tqdm=False)
     t0 = time.perf_counter()
@@ -139,10 +141,8 @@ def _vllm_ray(args, data: dict, n: int) -> dict:
     from llmcf_core.cot import engine_vllm
     from llmcf_core.cot.backend import vllm_runtime_env
 
-    cot = load_config().cot.model_copy(
-        update={"max_new_tokens": args.new_tokens, "min_new_tokens": args.min_tokens, "num_candidates": n}
-    )
     dec = _decoding(args, n)
+    cot = load_config().cot.model_copy(update={"decoding": dec})
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -161,7 +161,7 @@ def _vllm_ray(args, data: dict, n: int) -> dict:
                 cot, model_dir, gpu=False, runtime_env=vllm_runtime_env(cot, gpu=False) or None
             )
         ),
-        preprocess=lambda row: engine_vllm.preprocess_row(row, dec.to_dict(), model_dir),
+        preprocess=lambda row: engine_vllm.preprocess_row(row, dec.model_dump(), model_dir),
         postprocess=post,
     )
     plan = pd.DataFrame({"sample_id": data["sample_ids"], "prompt": data["prompts"], "block": 0})

@@ -29,7 +29,7 @@ def main() -> None:
     from llmcf_core.config import load_config
     from llmcf_core.data.ingest import _staged_frames, ingest_partition
     from llmcf_core.data.sources import resolve_source
-    from llmcf_core.paths import DataPaths
+    from llmcf_core.layout import DataPaths
 
     settings = load_config()
     cfg = settings.dataset(args.dataset)

@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llmcf_core.config import RecModelConfig
 from llmcf_core.rec.backbones import build_model, model_class
 from llmcf_core.rec.modelio import LoadedModel
 from llmcf_core.rec.scoring import ExactRetriever, ExampleStore, Scorer, ScoreRequest
-from llmcf_core.rec.spec import DataSpec, HParams
+from llmcf_core.rec.spec import DataSpec
 
 N_USERS, N_ITEMS, N_GENRES, DIM, HIST, K = 943, 1682, 19, 384, 20, 4
 
@@ -46,7 +47,7 @@ def build_scorer(name: str, variant: str, pool: int, rng: np.random.Generator, c
     genres = rng.integers(1, N_GENRES + 1, size=(N_ITEMS + 1, 3))
     spec = DataSpec(N_USERS, N_ITEMS, N_GENRES, HIST, K, item_text, genres)
     torch.manual_seed(0)
-    model = build_model(name, spec, HParams(), variant).eval()
+    model = build_model(name, spec, RecModelConfig(), variant).eval()  # rec.model's defaults
     meta = {"spec": spec.sizes(), "version": f"bench-{name}-{variant}"}
     loaded = LoadedModel(model, meta, np.arange(1, N_USERS + 1), np.arange(1, N_ITEMS + 1), Path("."))
     if model.ict is None:

@@ -1,6 +1,6 @@
 """One base-variant training run with rec settings overridden, printed beside its counting floor.
 
-    LLMCF_HOME=<data root> python bench/rec_tune.py --dataset ml-100k --model DIN --set lr=3e-4 --set patience=3
+    LLMCF_HOME=<data root> python bench/rec_tune.py --dataset ml-100k --model DIN --set model.lr=3e-4 --set patience=3
 
 The data root needs the dataset's published samples and item embeddings (e.g. `jobs.replay
 --stages samples`, then `llmcf_core.retrieval.embed.ensure_item_vectors`). In-process (no Ray),
@@ -15,7 +15,7 @@ import time
 
 import yaml
 
-from llmcf_core.config import load_config
+from llmcf_core.config import RecConfig, load_config
 from llmcf_core.rec.train import train
 
 
@@ -25,14 +25,22 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--variant", default="base")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], help="rec.FIELD=VALUE (YAML value)")
+    parser.add_argument(
+        "--set", action="append", default=[], help="[rec.]FIELD=VALUE or [rec.]model.FIELD=VALUE (YAML value)"
+    )
     args = parser.parse_args()
-    overrides = {}
+    settings = load_config()
+    overrides, raw = {}, settings.rec.model_dump()
     for item in args.set:
         key, _, value = item.partition("=")
-        overrides[key.removeprefix("rec.")] = yaml.safe_load(value)
-    settings = load_config()
-    settings = settings.model_copy(update={"rec": settings.rec.model_copy(update=overrides)})
+        key = key.removeprefix("rec.")
+        overrides[key] = yaml.safe_load(value)
+        *parents, name = key.split(".")  # model.lr: the rec.model sub-section
+        section = raw
+        for part in parents:
+            section = section[part]
+        section[name] = overrides[key]
+    settings = settings.model_copy(update={"rec": RecConfig.model_validate(raw)})
     started = time.perf_counter()
     result = train(settings, args.dataset, args.model, args.variant, seed=args.seed, workers=0, force=True)
     m = result.metrics

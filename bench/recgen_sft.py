@@ -64,9 +64,9 @@ def main() -> int:
     from jobs import ingest
     from llmcf_core import storage
     from llmcf_core.config import load_config
+    from llmcf_core.layout import DataPaths
     from llmcf_core.llm import instructions, registry
     from llmcf_core.llm.sft import FinetuneSpec, finetune
-    from llmcf_core.paths import DataPaths
 
     load_config.cache_clear()
     settings = load_config("local")
@@ -180,39 +180,41 @@ def plain_loop(settings, spec, args) -> dict:
     cfg = worker_config(spec, settings)
     # One process with the workers' cores; the workers' micro-batches become accumulation steps,
     # so every optimizer step sees the same 16 rows as the Ray Train run's step.
-    cfg = {**cfg, "world_size": 1, "grad_accum": cfg["grad_accum"] * cfg["world_size"]}
+    rc = spec.recgen.model_copy(
+        update={"num_workers": 1, "grad_accum": spec.recgen.grad_accum * spec.recgen.num_workers}
+    )
     torch.set_num_threads(args.workers)
-    torch.manual_seed(cfg["seed"])
+    torch.manual_seed(rc.seed)
     table = pq.read_table(cfg["data_file"], columns=["input_ids", "response_start"])
     data = list(
         zip(table.column("input_ids").to_pylist(), table.column("response_start").to_pylist(), strict=True)
     )
     tok = AutoTokenizer.from_pretrained(cfg["model_dir"])
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    dtype = torch.bfloat16 if cfg["bf16"] else torch.float32
+    dtype = torch.bfloat16 if rc.bf16 else torch.float32
     model = AutoModelForCausalLM.from_pretrained(cfg["model_dir"], dtype=dtype)
     model.config.use_cache = False
-    if cfg["gradient_checkpointing"]:
+    if rc.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=rc.lr, weight_decay=rc.weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, cfg["warmup_steps"], cfg["total_steps"])
     orders: dict = {}
     losses, tokens = [], 0
     started = time.perf_counter()
     for step in range(cfg["total_steps"]):
         loss_sum = 0.0
-        for micro in range(cfg["grad_accum"]):
-            batch = collate([data[i] for i in rows_for(step, micro, 0, cfg, len(data), orders)], pad_id)
+        for micro in range(rc.grad_accum):
+            batch = collate([data[i] for i in rows_for(step, micro, 0, rc, len(data), orders)], pad_id)
             tokens += int(batch["attention_mask"].sum())
             out = model(**batch)
-            (out.loss / cfg["grad_accum"]).backward()
+            (out.loss / rc.grad_accum).backward()
             loss_sum += float(out.loss.detach())
-        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), rc.grad_clip)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(round(loss_sum / cfg["grad_accum"], 6))
+        losses.append(round(loss_sum / rc.grad_accum, 6))
         print(f"plain step {step + 1}/{cfg['total_steps']} loss {losses[-1]:.4f}", flush=True)
     seconds = time.perf_counter() - started
     return {

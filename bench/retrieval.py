@@ -43,7 +43,10 @@ from llmcf_core.config import EmbeddingConfig, load_config  # noqa: E402
 from llmcf_core.data import items as items_mod  # noqa: E402
 from llmcf_core.data.samples import build_samples  # noqa: E402
 from llmcf_core.data.sources import load_interactions, load_items, resolve_source  # noqa: E402
-from llmcf_core.paths import utc_day  # noqa: E402
+from llmcf_core.layout import (
+    RetrievalPaths,  # noqa: E402
+    utc_day,  # noqa: E402
+)
 from llmcf_core.retrieval.embed import (  # noqa: E402
     ItemVectors,
     embed_texts,
@@ -52,11 +55,11 @@ from llmcf_core.retrieval.embed import (  # noqa: E402
     sample_vectors,
     vectors_to_arrow,
 )
-from llmcf_core.retrieval.layout import PoolSpec, RetrievalPaths  # noqa: E402
 from llmcf_core.retrieval.online import OnlineIndex  # noqa: E402
 from llmcf_core.retrieval.pool import PoolIndex, pool_schema  # noqa: E402
 from llmcf_core.retrieval.retrieve import retrieve_partition  # noqa: E402
 from llmcf_core.retrieval.search import exact_search, query_vectors  # noqa: E402
+from llmcf_core.retrieval.spec import PoolSpec
 from llmcf_core.retrieval.store import PoolPoints, QdrantStore, joint_vectors  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -53,7 +53,7 @@ with DAG(
     def qdrant_admin() -> dict:
         """Run the chosen admin action and return its result (small JSON)."""
         from llmcf_airflow.qdrant_conn import qdrant_job_env
-        from llmcf_core.paths import InvalidArgument
+        from llmcf_core.layout import InvalidArgument
         from llmcf_core.retrieval import admin
 
         params = get_current_context()["params"]

@@ -29,7 +29,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from llmcf_airflow.partitions import job_env_vars
 from llmcf_airflow.ray_job import RayJobOperator, force_param, job_result
-from llmcf_core import fsio
+from llmcf_core import fsio, layout
 from llmcf_core.config import load_config
 
 SETTINGS = load_config()
@@ -63,8 +63,8 @@ INSTRUCTION_ARGS = [
 
 recgen_asset = Asset(
     name="llmcf_recgen_model",
-    uri=fsio.uri(SETTINGS.home / "models" / "recgen"),
-    extra={"layout": "models/recgen/<version>/ + latest"},
+    uri=fsio.uri(layout.recgen_root(SETTINGS.home)),
+    extra={"layout": f"{layout.TEMPLATES['recgen']} + {layout.LATEST}"},
 )
 
 
@@ -160,8 +160,8 @@ with DAG(
     @task(retries=0)
     def resolve() -> dict:
         """The window end and the model version of this run."""
+        from llmcf_core.layout import InvalidArgument, parse_partition
         from llmcf_core.llm.registry import run_version
-        from llmcf_core.paths import InvalidArgument, parse_partition
 
         ctx = get_current_context()
         params = ctx["params"]
@@ -205,7 +205,7 @@ with DAG(
         def check(job: dict | None) -> dict:
             """Gate: the instruction data the build job wrote (its LLMCF_RESULT ``path``) is published
             and its recorded checks passed."""
-            from llmcf_core.paths import InvalidArgument
+            from llmcf_core.layout import InvalidArgument
             from llmcf_core.quality.publish import verify_published
 
             folder = job_result(job, "path")["path"]
@@ -267,8 +267,8 @@ with DAG(
         """Publish the candidate and move `latest`, only if its evaluation passed the gate."""
         from airflow.sdk.exceptions import AirflowSkipException
 
+        from llmcf_core.layout import InvalidArgument
         from llmcf_core.llm import registry
-        from llmcf_core.paths import InvalidArgument
 
         if not get_current_context()["params"]["publish"]:
             raise AirflowSkipException(f"publish=false: candidate {resolved['version']} stays unpublished")

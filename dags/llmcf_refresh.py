@@ -59,7 +59,7 @@ from llmcf_airflow.partitions import job_env_vars, partition_for_run
 from llmcf_airflow.ray_job import RayJobOperator, force_param, job_result
 from llmcf_core import fsio
 from llmcf_core.config import load_config
-from llmcf_core.paths import InvalidArgument
+from llmcf_core.layout import TEMPLATES, InvalidArgument
 
 SETTINGS = load_config()
 AF = SETTINGS.airflow
@@ -71,15 +71,15 @@ DATASET = "{{ params.dataset }}"
 JOB_ENV = {"env_vars": job_env_vars(SETTINGS)}
 
 
-def _asset(name: str, layout: str) -> Asset:
-    return Asset(name=f"llmcf_{name}", uri=fsio.uri(SETTINGS.home / name), extra={"layout": layout})
+def _asset(name: str) -> Asset:
+    return Asset(name=f"llmcf_{name}", uri=fsio.uri(SETTINGS.home / name), extra={"layout": TEMPLATES[name]})
 
 
-samples_asset = _asset("samples", "<dataset>/samples/dt=YYYY-MM-DD/")
-cot_asset = _asset("cot", "<dataset>/cot/dt=YYYY-MM-DD/<model_version>__<prompt_version>/")
-pool_asset = _asset("pool", "<dataset>/embeddings/<embedder>/pool/dt=YYYY-MM-DD/ + Qdrant alias")
-neighbors_asset = _asset("neighbors", "<dataset>/neighbors/dt=YYYY-MM-DD/")
-rec_asset = _asset("rec_model", "models/rec/<model>-<variant>/<version>/")
+samples_asset = _asset("samples")
+cot_asset = _asset("cot")
+pool_asset = _asset("pool")
+neighbors_asset = _asset("neighbors")
+rec_asset = _asset("rec_model")
 
 
 def _utc(day: dt.date) -> dt.datetime:
@@ -140,7 +140,8 @@ def _verify_samples(partition: str, job: dict | None, params: dict) -> dict:
 def _verify_cot(partition: str, job: dict | None, params: dict) -> dict:
     """The CoT version the job wrote for the day is published with passing checks; returns it as
     ``cot_version`` for embed, retrieve and the recommender."""
-    from llmcf_core.cot.layout import verify_cot_published, version_name
+    from llmcf_core.cot.versions import verify_cot_published
+    from llmcf_core.layout import version_name
 
     result = job_result(job, "model_version", "prompt_version")
     mv, pv = result["model_version"], result["prompt_version"]
@@ -350,7 +351,7 @@ with DAG(
         @task.short_circuit(ignore_downstream_trigger_rules=False)
         def due_for_retrain(partition: str) -> bool:
             """True every `retrain_every_days`-th day from start_date (and when forced)."""
-            from llmcf_core.paths import parse_partition
+            from llmcf_core.layout import parse_partition
 
             params = get_current_context()["params"]
             age = (parse_partition(partition) - AF.start_date).days

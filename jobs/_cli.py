@@ -22,7 +22,7 @@ EXIT_CHECK_FAILED = 3
 SUMMARY_PREFIX = "LLMCF_RESULT "
 
 
-def add_overrides(parser: argparse.ArgumentParser, example: str = "rec.lr=1e-3") -> None:
+def add_overrides(parser: argparse.ArgumentParser, example: str = "rec.model.lr=1e-3") -> None:
     """The ``--set SECTION.FIELD=VALUE`` option (repeatable) shared by the jobs."""
     parser.add_argument(
         "--set",
@@ -33,15 +33,22 @@ def add_overrides(parser: argparse.ArgumentParser, example: str = "rec.lr=1e-3")
     )
 
 
+def add_config_options(parser: argparse.ArgumentParser, example: str = "rec.model.lr=1e-3") -> None:
+    """``--profile`` and ``--set``: how every job picks its settings (read them with load_settings)."""
+    parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
+    add_overrides(parser, example)
+
+
 def load_settings(profile: str | None, overrides: list[str]) -> Any:
     """The profile's settings with ``--set`` overrides; a bad override is a bad argument (exit 2)."""
     from llmcf_core.config import load_config, with_overrides
-    from llmcf_core.paths import InvalidArgument
+    from llmcf_core.layout import InvalidArgument
 
     try:
         return with_overrides(load_config(profile), overrides)
-    except ValueError as exc:
-        raise InvalidArgument(str(exc)) from None
+    except ValueError as exc:  # one line (pydantic's message has several): the job's one error line
+        lines = (line.strip() for line in str(exc).splitlines())
+        raise InvalidArgument("; ".join(line for line in lines if line)) from None
 
 
 def setup_logging() -> None:
@@ -63,7 +70,7 @@ def _describe(exc: BaseException) -> str:
 def run_job(name: str, body: Callable[[], dict[str, Any]]) -> int:
     """Run ``body``; print its result as one ``LLMCF_RESULT {json}`` line; map errors to exit codes."""
     from llmcf_core.data.samples import HistoryInputError
-    from llmcf_core.paths import InvalidArgument
+    from llmcf_core.layout import InvalidArgument
     from llmcf_core.quality import DataCheckFailed
 
     setup_logging()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import run_job
+from jobs._cli import add_config_options, load_settings, run_job
 
 
 def optional_int(text: str) -> int | None:
@@ -36,17 +36,16 @@ def add_instruction_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=optional_int, help="max tokens per example")
     parser.add_argument("--rec-max", type=optional_int, help="cap on rec examples (0 = all)")
     parser.add_argument("--general-max", type=optional_int, help="cap on general conversations")
-    parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
+    add_config_options(parser, "recgen.general_ratio=0.5")
 
 
 def instruction_spec(args: argparse.Namespace):
-    from llmcf_core.config import load_config
+    from llmcf_core.layout import InvalidArgument, check_dataset_name, parse_partition
     from llmcf_core.llm.instructions import InstructionSpec
-    from llmcf_core.paths import InvalidArgument, check_dataset_name, parse_partition
 
     if args.window_days is not None and args.window_days < 0:
         raise InvalidArgument("--window-days must be >= 0")
-    settings = load_config(args.profile)
+    settings = load_settings(args.profile, args.set)
     spec = InstructionSpec.from_settings(
         settings,
         check_dataset_name(args.dataset),

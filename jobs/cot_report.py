@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import run_job
+from jobs._cli import add_config_options, load_settings, run_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,15 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--embedder", help="pool embeddings to measure diversity on (default: embedding.embedder)"
     )
-    parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
+    add_config_options(parser, "embedding.embedder=minilm-l6-v2")
     args = parser.parse_args(argv)
 
     def body() -> dict:
-        from llmcf_core.config import load_config
         from llmcf_core.cot.report import cot_quality, write_report
-        from llmcf_core.paths import check_dataset_name
+        from llmcf_core.layout import check_dataset_name
 
-        settings = load_config(args.profile)
+        settings = load_settings(args.profile, args.set)
         dataset = check_dataset_name(args.dataset)
         report = cot_quality(settings, dataset, args.version, args.embedder)
         path = write_report(settings, dataset, report)

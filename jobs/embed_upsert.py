@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import run_job
+from jobs._cli import add_config_options, load_settings, run_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,21 +39,20 @@ def main(argv: list[str] | None = None) -> int:
         help="embed the item texts only (what the recommender's text fields read): bases can train "
         "on a dataset that has no CoT pool yet",
     )
-    parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
+    add_config_options(parser, "embedding.backend=local")
     args = parser.parse_args(argv)
 
     def body() -> dict:
-        from llmcf_core.config import load_config
-        from llmcf_core.paths import InvalidArgument, check_dataset_name, parse_partition
+        from llmcf_core.layout import InvalidArgument, check_dataset_name, parse_partition
         from llmcf_core.retrieval.upsert import embed_upsert
 
         dataset = check_dataset_name(args.dataset)
-        settings = load_config(args.profile)
+        settings = load_settings(args.profile, args.set)
         if args.items_only:
             if args.partition or args.rebuild or args.cot_version:
                 raise InvalidArgument("--items-only takes no --partition, --rebuild or --cot-version")
+            from llmcf_core.layout import RetrievalPaths
             from llmcf_core.retrieval.embed import ensure_item_vectors
-            from llmcf_core.retrieval.layout import RetrievalPaths
 
             items = ensure_item_vectors(settings, dataset)
             folder = RetrievalPaths(settings.home, dataset, settings.embedding.embedder).items

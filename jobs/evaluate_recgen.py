@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import run_job
+from jobs._cli import add_config_options, load_settings, run_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,14 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--general-max", type=int, help="held-out conversations (default recgen.eval_general_max)"
     )
-    parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
+    add_config_options(parser, "recgen.eval_batch_size=4")
     args = parser.parse_args(argv)
 
     def body() -> dict:
-        from llmcf_core.config import load_config
+        from llmcf_core.layout import InvalidArgument, check_dataset_name, parse_partition
         from llmcf_core.llm.evaluate import evaluate_candidate
         from llmcf_core.llm.registry import check_version
-        from llmcf_core.paths import InvalidArgument, check_dataset_name, parse_partition
 
         compare = {}
         for item in (part.strip() for value in args.compare for part in value.split(",")):
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             "dataset": check_dataset_name(args.dataset),
             "partition": parse_partition(args.partition).isoformat(),
             **evaluate_candidate(
-                load_config(args.profile),
+                load_settings(args.profile, args.set),
                 dataset=args.dataset,
                 window_end=parse_partition(args.partition),
                 version=check_version(args.version),

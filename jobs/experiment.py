@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jobs._cli import add_overrides, load_settings, run_job
+from jobs._cli import add_config_options, load_settings, run_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,13 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, help="Ray Train workers per run (0 = in-process)")
     parser.add_argument("--max-epochs", type=int)
     parser.add_argument("--out", help="output folder (default docs/results in the checkout)")
-    add_overrides(parser, "rec.user_features=true")
-    parser.add_argument("--profile")
+    add_config_options(parser, "rec.user_features=true")
     args = parser.parse_args(argv)
 
     def body() -> dict:
         from llmcf_core.config import REPO_ROOT
-        from llmcf_core.paths import InvalidArgument, check_dataset_name, parse_partition
+        from llmcf_core.layout import InvalidArgument, check_dataset_name, parse_partition
         from llmcf_core.rec.backbones import model_class
         from llmcf_core.rec.experiment import run_experiment
         from llmcf_core.rec.spec import VARIANTS

@@ -5,8 +5,9 @@
         --base-model tiny-llama --max-length 256 --rec-max 64 --general-max 32 \
         --workers 2 --zero-stage 3 --max-steps 20 --lr 1e-3 --version tiny-test
 
-The instruction flags (--window-days, --mix, --base-model, --max-length, --rec-max, --general-max)
-must match the jobs.build_instructions run whose data is used. Rerunning with the same --version
+The instruction flags (--window-days, --mix, --base-model, --max-length, --rec-max, --general-max,
+and any --set recgen.* that shapes the data) must match the jobs.build_instructions run whose data is
+used. Rerunning with the same --version
 (default: derived from the arguments) resumes from the run's last checkpoint. The model lands in
 ``<home>/models/recgen/_candidates/<version>/`` until jobs.evaluate_recgen gates it.
 """

@@ -4,7 +4,7 @@
     python -m jobs.generate_cot --dataset ml-1m --partition 2000-12-01 --model recgen:latest --backend vllm
     python -m jobs.generate_cot --dataset ml-100k --partition 1998-01-15 --model current
     python -m jobs.generate_cot --dataset ml-100k --partition 1998-01-15 \
-        --set cot.pool_fraction=0.1 --set cot.max_new_tokens=128
+        --set cot.pool_fraction=0.1 --set cot.decoding.max_new_tokens=128
 
 Reruns are cheap and safe: finished samples and committed blocks are kept (see docs/cot.md). The
 job writes its own CoT version and never moves ``cot/CURRENT``: ``jobs.promote_cot`` does.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import add_overrides, load_settings, run_job
+from jobs._cli import add_config_options, load_settings, run_job
 
 
 def cot_settings(base, model: str | None, backend: str | None):
@@ -23,7 +23,7 @@ def cot_settings(base, model: str | None, backend: str | None):
     from pydantic import ValidationError
 
     from llmcf_core.config import CotConfig
-    from llmcf_core.paths import InvalidArgument
+    from llmcf_core.layout import InvalidArgument
 
     update: dict = {}
     if model:
@@ -50,15 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         choices=["auto", "transformers", "vllm"],
         help="default: config cot.backend; vllm re-executes this job with the vLLM venv's Python",
     )
-    add_overrides(parser, "cot.pool_fraction=0.1")
-    parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
+    add_config_options(parser, "cot.pool_fraction=0.1")
     args = parser.parse_args(argv)
 
     def body() -> dict:
         from llmcf_core.cot.backend import reexec_for_vllm, resolve_backend
-        from llmcf_core.cot.layout import model_for_run
         from llmcf_core.cot.pipeline import generate_cot_partition
-        from llmcf_core.paths import DataPaths, check_dataset_name, parse_partition
+        from llmcf_core.cot.versions import model_for_run
+        from llmcf_core.layout import DataPaths, check_dataset_name, parse_partition
 
         day = parse_partition(args.partition)
         dataset = check_dataset_name(args.dataset)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import run_job
+from jobs._cli import add_config_options, load_settings, run_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,18 +26,17 @@ def main(argv: list[str] | None = None) -> int:
         help="optional, with --interactions/--items: your users (Parquet/CSV: user_id"
         " and any of age, age_group, gender, occupation)",
     )
-    parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
+    add_config_options(parser, "quality.quarantine_max_rows=100")
     args = parser.parse_args(argv)
 
     def body() -> dict:
-        from llmcf_core.config import load_config
         from llmcf_core.data.ingest import ingest_partition
-        from llmcf_core.paths import check_dataset_name, parse_partition
+        from llmcf_core.layout import check_dataset_name, parse_partition
 
         day = parse_partition(args.partition)
         dataset = check_dataset_name(args.dataset)
         result = ingest_partition(
-            load_config(args.profile),
+            load_settings(args.profile, args.set),
             dataset,
             day,
             interactions=args.interactions,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import add_overrides, load_settings, run_job
+from jobs._cli import add_config_options, load_settings, run_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,12 +29,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="refuse instead of embedding a version that has no complete pool and collection",
     )
-    add_overrides(parser, "qdrant.lock_timeout_s=600")
-    parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
+    add_config_options(parser, "qdrant.lock_timeout_s=600")
     args = parser.parse_args(argv)
 
     def body() -> dict:
-        from llmcf_core.paths import check_dataset_name, parse_partition
+        from llmcf_core.layout import check_dataset_name, parse_partition
         from llmcf_core.retrieval.promote import promote
 
         settings = load_settings(args.profile, args.set)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import run_job
+from jobs._cli import add_config_options, load_settings, run_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,17 +19,17 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m jobs.publish_recgen", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--version", required=True)
-    parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
+    add_config_options(parser)
     args = parser.parse_args(argv)
 
     def body() -> dict:
-        from llmcf_core.config import load_config
         from llmcf_core.llm import registry
         from llmcf_core.quality import CheckReport, DataCheckFailed, Failure
 
         version = registry.check_version(args.version)
+        home = load_settings(args.profile, args.set).home
         try:
-            return registry.publish(load_config(args.profile).home, version)
+            return registry.publish(home, version)
         except registry.GateRefused as exc:  # exit 3 like a failed data check: no retry
             failure = Failure("recgen_publish_gate", 1, [], [], str(exc))
             raise DataCheckFailed(CheckReport("recgen_gate", version, "", 0, 1, [failure])) from None

@@ -19,22 +19,23 @@ import json
 import sys
 from typing import Any
 
+from jobs._cli import add_config_options, load_settings
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.qdrant_admin", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["status", "create", "swap", "rollback", "drop"])
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--collection")
-    parser.add_argument("--profile")
+    add_config_options(parser, "qdrant.lock_timeout_s=600")
     args = parser.parse_args(argv)
 
-    from llmcf_core.config import load_config
-    from llmcf_core.paths import InvalidArgument, check_dataset_name
+    from llmcf_core.layout import InvalidArgument, check_dataset_name
     from llmcf_core.retrieval.admin import create_collection, drop_collection, rollback, status, swap_alias
 
-    settings = load_config(args.profile)
     dataset = check_dataset_name(args.dataset)
     try:
+        settings = load_settings(args.profile, args.set)  # a bad --set is a refused request too
         if args.command in ("swap", "drop") and not args.collection:
             raise InvalidArgument(f"{args.command} needs --collection")
         if args.command == "status":

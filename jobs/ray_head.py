@@ -4,8 +4,9 @@
     python -m jobs.ray_head stop     # stops exactly this head's processes (never `ray stop`)
     python -m jobs.ray_head status   # exit 0 if the dashboard answers, else 1
 
-Ports and CPUs come from ``load_config().ray`` (``local_gcs_port``, ``local_dashboard_port``,
-``local_num_cpus``). ``make ray-start`` / ``make ray-stop`` run it.
+Ports and CPUs come from the profile's ``ray`` section (``local_gcs_port``, ``local_dashboard_port``,
+``local_num_cpus``), after ``--profile`` and ``--set`` (e.g. ``--set ray.local_num_cpus=4``); stop
+and status need the ports start used. ``make ray-start`` / ``make ray-stop`` run it.
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ import os
 import sys
 from pathlib import Path
 
+from jobs._cli import EXIT_BAD_ARGS, add_config_options, load_settings
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.ray_head", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["start", "stop", "status"])
     parser.add_argument("--temp-dir", default=None, help="default: /tmp/llmcf-ray-<gcs port>")
+    add_config_options(parser, "ray.local_num_cpus=4")
     args = parser.parse_args(argv)
 
-    from llmcf_core.config import load_config
+    from llmcf_core.layout import InvalidArgument
     from llmcf_core.localray import (
         STATE_FILE,
         dashboard_answers,
@@ -33,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         stop_processes,
     )
 
-    cfg = load_config().ray
+    try:
+        cfg = load_settings(args.profile, args.set).ray
+    except InvalidArgument as exc:
+        print(f"ray_head: invalid argument: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGS
     temp_dir = os.path.abspath(args.temp_dir or default_temp_dir(cfg.local_gcs_port))
     dashboard_url = f"http://127.0.0.1:{cfg.local_dashboard_port}"
     if args.command == "start":

@@ -29,7 +29,7 @@ import sys
 import time
 from typing import Any
 
-from jobs._cli import add_overrides, load_settings, run_job
+from jobs._cli import add_config_options, load_settings, run_job
 
 STAGES = ("samples", "cot", "embed", "neighbors")
 TASKS = ("ctr", "next_item")
@@ -38,7 +38,7 @@ log = logging.getLogger("jobs.replay")
 
 
 def _csv(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
-    from llmcf_core.paths import InvalidArgument
+    from llmcf_core.layout import InvalidArgument
 
     picked = [v.strip() for v in value.split(",") if v.strip()]
     unknown = sorted(set(picked) - set(allowed))
@@ -127,12 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         help="promote the replay's CoT version at the end (cot/CURRENT and the Qdrant alias, as "
         "jobs.promote_cot)",
     )
-    add_overrides(parser, "cot.pool_fraction=0.01")
-    parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
+    add_config_options(parser, "cot.pool_fraction=0.01")
     args = parser.parse_args(argv)
 
     def body() -> dict:
-        from llmcf_core.paths import InvalidArgument, check_dataset_name, parse_partition
+        from llmcf_core.layout import InvalidArgument, check_dataset_name, parse_partition
 
         dataset = check_dataset_name(args.dataset)
         start, end = parse_partition(args.start), parse_partition(args.end)
@@ -154,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
             cot_version = version_written(settings.cot, settings.home)
         if args.promote and not cot_version:
-            from llmcf_core.retrieval.layout import RetrievalPaths, read_current_cot
+            from llmcf_core.layout import RetrievalPaths, read_current_cot
 
             paths = RetrievalPaths(settings.home, dataset, settings.embedding.embedder)
             cot_version = read_current_cot(paths).folder

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import run_job
+from jobs._cli import add_config_options, load_settings, run_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,18 +34,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the Qdrant agreement check (e.g. when the store is unreachable)",
     )
-    parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
+    add_config_options(parser, "retrieval.k=8")
     args = parser.parse_args(argv)
 
     def body() -> dict:
-        from llmcf_core.config import load_config
-        from llmcf_core.paths import check_dataset_name, parse_partition
+        from llmcf_core.layout import check_dataset_name, parse_partition
         from llmcf_core.retrieval.retrieve import retrieve_partition
 
         day = parse_partition(args.partition)
         dataset = check_dataset_name(args.dataset)
         return retrieve_partition(
-            load_config(args.profile),
+            load_settings(args.profile, args.set),
             dataset,
             day,
             task=args.task,

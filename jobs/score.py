@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from jobs._cli import EXIT_BAD_ARGS, add_config_options, load_settings
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.score", description="Score candidates.")
@@ -28,18 +30,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history-labels", help="comma-separated 1 (liked) / 0 per history item")
     parser.add_argument("--candidates", required=True, help="comma-separated item ids")
     parser.add_argument("--timestamp", type=int, help="only examples older than this (epoch seconds)")
-    parser.add_argument("--profile")
+    add_config_options(parser)
     args = parser.parse_args(argv)
 
-    from llmcf_core.config import load_config
+    from llmcf_core.layout import InvalidArgument
     from llmcf_core.rec.scoring import Scorer, ScoreRequest
 
     def ids(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
 
-    scorer = Scorer.load(
-        load_config(args.profile), args.dataset, args.model, args.variant, version=args.version
-    )
+    try:
+        settings = load_settings(args.profile, args.set)
+    except InvalidArgument as exc:
+        print(f"score: invalid argument: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    scorer = Scorer.load(settings, args.dataset, args.model, args.variant, version=args.version)
     labels = ids(args.history_labels) if args.history_labels else None
     if labels is not None and len(labels) != len(ids(args.history)):
         parser.error(f"--history-labels has {len(labels)} values for {len(ids(args.history))} history items")

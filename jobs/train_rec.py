@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import add_overrides, load_settings, run_job
+from jobs._cli import add_config_options, load_settings, run_job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,12 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="retrain even if this version exists")
     parser.add_argument("--warm-start", action="store_true", help="start from the published model")
     parser.add_argument("--publish", action="store_true", help="run the publish gate after training")
-    add_overrides(parser, "rec.user_features=true")
-    parser.add_argument("--profile", help="config profile (default $LLMCF_PROFILE or local)")
+    add_config_options(parser, "rec.user_features=true")
     args = parser.parse_args(argv)
 
     def body() -> dict:
-        from llmcf_core.paths import InvalidArgument, check_dataset_name, parse_partition
+        from llmcf_core.layout import InvalidArgument, check_dataset_name, parse_partition
         from llmcf_core.rec import registry
         from llmcf_core.rec.train import train
 

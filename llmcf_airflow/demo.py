@@ -32,7 +32,7 @@ from llmcf_airflow.local_env import (
 )
 from llmcf_core import localray, storage
 from llmcf_core.config import REPO_ROOT, load_config
-from llmcf_core.paths import DataPaths
+from llmcf_core.layout import DataPaths
 
 DAG_ID = "llmcf_refresh"
 
@@ -44,8 +44,8 @@ def _airflow_home() -> Path:
 def _runs_cot_version(settings, dataset: str) -> str:
     """The CoT version the demo's runs write: the refresh DAG's default ``cot_model`` (current)
     resolved as its CoT job does."""
-    from llmcf_core.cot.layout import CURRENT_MODEL, model_for_run
     from llmcf_core.cot.pipeline import version_written
+    from llmcf_core.cot.versions import CURRENT_MODEL, model_for_run
 
     model = model_for_run(DataPaths(settings.home, dataset), CURRENT_MODEL, settings.cot.model)
     return version_written(settings.cot.model_copy(update={"model": model}), settings.home)
@@ -53,7 +53,7 @@ def _runs_cot_version(settings, dataset: str) -> str:
 
 def _stage_rows(settings, dataset: str, day: dt.date, version: str) -> dict[str, str]:
     """Rows published by each stage for one day and CoT version ('-' where nothing is published)."""
-    from llmcf_core.retrieval.layout import CotVersion, RetrievalPaths
+    from llmcf_core.layout import CotVersion, RetrievalPaths
 
     rpaths = RetrievalPaths(settings.home, dataset, settings.embedding.embedder)
     cot = CotVersion.parse(version)
@@ -105,7 +105,7 @@ def _report(days: list[dt.date], dataset: str, outcomes: dict[str, str], version
         print(
             f"samples checks ({days[-1]}): {checks.get('evaluated', '?')} GX rules, success={checks.get('success')}"
         )
-    from llmcf_core.retrieval.layout import CotVersion, RetrievalPaths
+    from llmcf_core.layout import CotVersion, RetrievalPaths
 
     rpaths = RetrievalPaths(settings.home, dataset, settings.embedding.embedder)
     cot = storage.read_manifest(rpaths.cot_partition(days[-1], CotVersion.parse(version)))
@@ -126,9 +126,9 @@ def _report(days: list[dt.date], dataset: str, outcomes: dict[str, str], version
 def _report_recommenders(settings, dataset: str) -> None:
     """Each trained recommender's validation metric beside its counting baseline, and what the
     publish gate did with it."""
-    from llmcf_core.rec import registry
+    from llmcf_core import layout
 
-    root = registry.rec_root(settings.home)
+    root = layout.rec_root(settings.home)
     # The LLM-CF variant against its control, trained on the same data and validated on the same rows.
     by_run: dict[tuple[str, str], dict[str, float]] = {}
     for metrics_file in sorted(root.glob("*/*/metrics.json")) if root.is_dir() else []:

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from llmcf_core.paths import parse_partition
+from llmcf_core.layout import parse_partition
 
 DEFAULT_DAG = "llmcf_refresh"
 TERMINAL = {"success", "failed"}

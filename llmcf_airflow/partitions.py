@@ -9,7 +9,7 @@ import datetime as dt
 import os
 from typing import Any
 
-from llmcf_core.paths import InvalidArgument, parse_partition
+from llmcf_core.layout import InvalidArgument, parse_partition
 
 
 def partition_for_run(params: dict[str, Any], logical_date: dt.datetime | None) -> str:

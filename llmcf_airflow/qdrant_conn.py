@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmcf_core.retrieval.layout import URL_ENV
+from llmcf_core.retrieval.spec import URL_ENV
 
 CONN_ID = "qdrant_default"
 

@@ -109,6 +109,27 @@ class DemoConfig(_Strict):
     bootstrap_from: dt.date | None = dt.date(1997, 9, 20)
 
 
+class DecodingConfig(_Strict):
+    """CoT decoding (``cot.decoding``), used as it is by both backends and recorded in CoT manifests.
+
+    Official: sampling, T=0.6, top-k 50, 3 candidates, 256 new tokens, best by score.
+    """
+
+    do_sample: bool = True
+    temperature: float = Field(0.6, gt=0)
+    top_k: int = Field(50, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    num_candidates: int = Field(3, ge=1, le=16)
+    max_new_tokens: int = Field(256, ge=1)
+    min_new_tokens: int = Field(16, ge=0)
+    seed: int = 0
+
+    @property
+    def candidates(self) -> int:
+        """Greedy decoding yields one candidate whatever num_candidates says."""
+        return self.num_candidates if self.do_sample else 1
+
+
 class CotConfig(_Strict):
     """CoT generation (``jobs.generate_cot``, docs/cot.md). Decoding defaults are the paper's."""
 
@@ -122,15 +143,7 @@ class CotConfig(_Strict):
     prompt_history_items: int = Field(10, ge=0, le=100)
     max_prompt_tokens: int = Field(1024, ge=16)
     block_size: int = Field(256, ge=1)  # samples per committed block
-    # Decoding (official: sampling, T=0.6, top-k 50, 3 candidates, 256 new tokens, best by score).
-    do_sample: bool = True
-    temperature: float = Field(0.6, gt=0)
-    top_k: int = Field(50, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    num_candidates: int = Field(3, ge=1, le=16)
-    max_new_tokens: int = Field(256, ge=1)
-    min_new_tokens: int = Field(16, ge=0)
-    seed: int = 0
+    decoding: DecodingConfig = Field(default_factory=DecodingConfig)
     # Data check and failure policy.
     max_failure_rate: float = Field(0.05, ge=0, le=1)
     min_cot_chars: int = Field(16, ge=1)
@@ -164,6 +177,16 @@ class CotConfig(_Strict):
     vllm_max_restarts: int = Field(
         1, ge=0
     )  # engine actor restarts before the job fails (Ray's default: forever)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_decoding_fields(cls, data: Any) -> Any:
+        """A profile written before ``cot.decoding`` existed fails with a pointer to the new key."""
+        if isinstance(data, dict):
+            moved = sorted(set(data) & set(DecodingConfig.model_fields))
+            if moved:
+                raise ValueError("; ".join(f"cot.{k} is now cot.decoding.{k}" for k in moved))
+        return data
 
 
 class EmbeddingConfig(_Strict):
@@ -255,12 +278,13 @@ class RecgenConfig(_Strict):
     gate_max_ppl_factor: float = Field(1.5, ge=1)  # ... and general perplexity <= base * this
 
 
-class RecConfig(_Strict):
-    """The ICT-enhanced recommender (``llmcf_core.rec``): training, the publish gate, serving."""
+class RecModelConfig(_Strict):
+    """A recommender's model and optimiser settings (``rec.model``; one backbone's: ``RecConfig.model_for``).
 
-    embedder: str | None = None  # `<ds>/embeddings/<embedder>/`; None: `embedding.embedder`
-    neighbors_artifact: str = "neighbors"  # ranking task (history + target similarity)
-    seq_neighbors_artifact: str = "neighbors_next_item"  # next-item task (history only)
+    Built into every backbone (``llmcf_core.rec.backbones``) and stored as ``hparams`` in a saved
+    model's ``model.json`` (``model_dump(mode="json")``), which the training-settings hash covers.
+    """
+
     embedding_dim: int = Field(32, ge=1)
     mlp_dims: tuple[int, ...] = (200, 80)
     seq_hidden: int = Field(64, ge=1)  # sequential backbones; equals the ICT width there
@@ -278,11 +302,26 @@ class RecConfig(_Strict):
     # Chosen on ML-100K validation AUC / NDCG@10 (docs/recommender.md "Tuning"); the paper's 0.01
     # overfits the ranking backbones within one epoch here.
     lr: float = Field(3e-4, gt=0)
-    lr_overrides: dict[str, float] = {"SASRec": 1e-3, "GRU4Rec": 1e-3, "SRGNN": 1e-3, "YoutubeDNN": 1e-3}
     weight_decay: float = Field(1e-4, ge=0)
     # Ranking backbones: the share of train rows whose user id is dropped to "unknown" (0), which
     # trains the embedding that users without train rows (most test users of a time split) get.
     user_dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class RecConfig(_Strict):
+    """The ICT-enhanced recommender (``llmcf_core.rec``): training, the publish gate, serving."""
+
+    embedder: str | None = None  # `<ds>/embeddings/<embedder>/`; None: `embedding.embedder`
+    model: RecModelConfig = Field(default_factory=RecModelConfig)
+    # Per-backbone learning rate (class name -> lr) in place of model.lr (``model_for``). Kept here,
+    # not in ``model``: the resolved settings that a saved model stores and the version hash covers
+    # then hold one lr, and one backbone's entry does not change the others' versions.
+    lr_overrides: dict[str, Annotated[float, Field(gt=0)]] = {
+        "SASRec": 1e-3,
+        "GRU4Rec": 1e-3,
+        "SRGNN": 1e-3,
+        "YoutubeDNN": 1e-3,
+    }
     # the users table's side features as ranking fields, when it exists; off: on ML-100K they lower
     # validation AUC (DIN 0.7511 vs 0.7527, DeepFM 0.7401 vs 0.7524; docs/recommender.md)
     user_features: bool = False
@@ -300,6 +339,21 @@ class RecConfig(_Strict):
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
     publish_tolerance: float = Field(0.002, ge=0)  # a new model may be this much worse on valid
+
+    def model_for(self, name: str) -> RecModelConfig:
+        """``model`` for the backbone ``name`` (its class name): its ``lr_overrides`` entry applied."""
+        lr = self.lr_overrides.get(name)
+        return self.model if lr is None else self.model.model_copy(update={"lr": lr})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_model_fields(cls, data: Any) -> Any:
+        """A profile written before ``rec.model`` existed fails with a pointer to the new key."""
+        if isinstance(data, dict):
+            moved = sorted(set(data) & set(RecModelConfig.model_fields))
+            if moved:
+                raise ValueError("; ".join(f"rec.{k} is now rec.model.{k}" for k in moved))
+        return data
 
 
 def _home_path(value: Any) -> Any:
@@ -372,15 +426,20 @@ def parse_override(pair: str) -> tuple[str, Any]:
 def with_overrides(settings: Settings, pairs: list[str]) -> Settings:
     """``settings`` with ``SECTION.FIELD=VALUE`` overrides (YAML values), validated like a file.
 
+    Keys may reach into nested sections at any depth (``cot.decoding.max_new_tokens=128``); the
+    last part names the field, set even where it is a whole mapping (``cot.vllm_engine_kwargs={...}``).
     Raises ValueError naming the offending pair; callers turn it into a bad-argument error.
     """
     raw = settings.model_dump()
     for pair in pairs:
         key, value = parse_override(pair)
-        section, dot, name = key.partition(".")
-        if not dot or not name or section not in raw or not isinstance(raw[section], dict):
+        *sections, name = key.split(".")
+        node: Any = raw
+        for part in sections:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not sections or not name or not isinstance(node, dict):
             raise ValueError(f"override {pair!r} is not SECTION.FIELD=VALUE with a known section")
-        raw[section][name] = value
+        node[name] = value
     try:
         return Settings.model_validate(raw)
     except Exception as exc:  # pydantic.ValidationError: unknown field or bad value

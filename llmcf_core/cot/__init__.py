@@ -21,13 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from llmcf_core.cot.check import check_cot
-    from llmcf_core.cot.layout import (
-        read_current,
-        resolve_cot_model,
-        verify_cot_published,
-        version_dir,
-    )
     from llmcf_core.cot.pipeline import CotResult, generate_cot_partition
+    from llmcf_core.cot.versions import resolve_cot_model, verify_cot_published
+    from llmcf_core.layout import read_current, version_dir
 
 __all__ = [
     "CotResult",

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from llmcf_core.config import REPO_ROOT, CotConfig
-from llmcf_core.paths import InvalidArgument
+from llmcf_core.layout import InvalidArgument
 
 VLLM_PYTHON_ENV = "LLMCF_VLLM_PYTHON"
 _REEXEC_ENV = "LLMCF_VLLM_REEXEC"  # set in the re-executed process: never loop

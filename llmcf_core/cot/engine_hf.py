@@ -11,40 +11,16 @@ from __future__ import annotations
 
 import logging
 import zlib
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
 
+from llmcf_core.config import DecodingConfig
 from llmcf_core.cot.score import FINISH_LENGTH, FINISH_STOP
 
 log = logging.getLogger(__name__)
 
 CANDIDATE_COLUMNS = ("sample_id", "block", "candidate", "text", "n_tokens", "finish_reason", "error")
-
-
-@dataclass(frozen=True)
-class Decoding:
-    do_sample: bool = True
-    temperature: float = 0.6
-    top_k: int = 50
-    top_p: float = 1.0
-    num_candidates: int = 3
-    max_new_tokens: int = 256
-    min_new_tokens: int = 16
-    seed: int = 0
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> Decoding:
-        return cls(**{k: getattr(cfg, k) for k in cls.__dataclass_fields__})
-
-    @property
-    def candidates(self) -> int:
-        """Greedy decoding yields one candidate whatever num_candidates says."""
-        return self.num_candidates if self.do_sample else 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def cpu_supports_bf16() -> bool:
@@ -81,7 +57,7 @@ def eos_ids(model: Any, tokenizer: Any) -> set[int]:
 
 
 def generate_candidates(
-    model: Any, tokenizer: Any, prompts: list[str], decoding: Decoding, seed: int
+    model: Any, tokenizer: Any, prompts: list[str], decoding: DecodingConfig, seed: int
 ) -> list[list[dict[str, Any]]]:
     """For each prompt, its candidates: {"text", "n_tokens", "finish_reason"}; one generate() call."""
     import torch
@@ -129,7 +105,7 @@ class TransformersGenerator:
     def __init__(
         self,
         model_dir: str,
-        decoding: dict[str, Any],
+        decoding: dict[str, Any],  # DecodingConfig.model_dump(): plain data for Ray's actor arguments
         dtype: str = "auto",
         device: str | None = None,
         torch_threads: int | None = None,
@@ -140,7 +116,7 @@ class TransformersGenerator:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.decoding = Decoding(**decoding)
+        self.decoding = DecodingConfig.model_validate(decoding)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:

@@ -40,9 +40,10 @@ from typing import Any
 
 import pandas as pd
 
-from llmcf_core.cot.engine_hf import CANDIDATE_COLUMNS, Decoding
+from llmcf_core.config import DecodingConfig
+from llmcf_core.cot.engine_hf import CANDIDATE_COLUMNS
 from llmcf_core.cot.score import FINISH_LENGTH, FINISH_STOP
-from llmcf_core.paths import InvalidArgument
+from llmcf_core.layout import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,11 @@ def engine_kwargs(cfg: Any, *, gpu: bool = False) -> dict[str, Any]:
         raise InvalidArgument(
             f"cot.vllm_engine_kwargs.tensor_parallel_size must be a positive int, not {tp!r}"
         )
-    needed = cfg.max_prompt_tokens + cfg.max_new_tokens
+    needed = cfg.max_prompt_tokens + cfg.decoding.max_new_tokens
     if engine.get("max_model_len") is not None and engine["max_model_len"] < needed:
         raise InvalidArgument(
             f"cot.vllm_engine_kwargs.max_model_len={engine['max_model_len']} is below "
-            f"max_prompt_tokens + max_new_tokens = {needed}"
+            f"max_prompt_tokens + decoding.max_new_tokens = {needed}"
         )
     engine.setdefault("max_model_len", needed)
     return engine
@@ -127,7 +128,7 @@ def request_seed(seed: int, sample_id: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(sample_id.encode())) % (2**31)
 
 
-def sampling_params(decoding: Decoding, sample_id: str, candidate: int | None = None) -> dict[str, Any]:
+def sampling_params(decoding: DecodingConfig, sample_id: str, candidate: int | None = None) -> dict[str, Any]:
     """vLLM ``SamplingParams`` fields: the whole request (``n`` candidates) when ``candidate`` is
     None, else the one child request of that candidate (``n=1``, seed ``s + candidate``)."""
     params: dict[str, Any] = {
@@ -149,7 +150,7 @@ def sampling_params(decoding: Decoding, sample_id: str, candidate: int | None = 
     return params
 
 
-def expand_candidates(plan: pd.DataFrame, decoding: Decoding) -> pd.DataFrame:
+def expand_candidates(plan: pd.DataFrame, decoding: DecodingConfig) -> pd.DataFrame:
     """One request row per (sample, candidate): sample_id, block, candidate, prompt."""
     n = decoding.candidates
     out = plan.loc[plan.index.repeat(n), ["sample_id", "block", "prompt"]].reset_index(drop=True)
@@ -166,8 +167,10 @@ def _tokenizer(model_source: str) -> Any:
 
 
 def preprocess_row(row: dict[str, Any], decoding: dict[str, Any], model_source: str) -> dict[str, Any]:
-    """A request row: token ids of the rendered prompt (no extra special tokens) + sampling params."""
-    dec = Decoding(**decoding)
+    """A request row: token ids of the rendered prompt (no extra special tokens) + sampling params.
+
+    ``decoding`` is ``DecodingConfig.model_dump()``: plain data for Ray's map tasks."""
+    dec = DecodingConfig.model_validate(decoding)
     ids = _tokenizer(model_source)(row["prompt"], add_special_tokens=False)["input_ids"]
     return {
         "sample_id": row["sample_id"],
@@ -214,14 +217,14 @@ def build_vllm_processor(
     from llmcf_core.raycompute import ensure_ray, without_dashboard_address
 
     ensure_ray()
-    decoding = Decoding.from_config(cfg)
+    decoding = cfg.decoding
     with without_dashboard_address():  # Ray's builder calls ray.init(), which refuses a dashboard URL
         processor = build_processor(
             vLLMEngineProcessorConfig(
                 **processor_kwargs(cfg, model_source, gpu=gpu, runtime_env=runtime_env)
             ),
             preprocess=functools.partial(
-                preprocess_row, decoding=decoding.to_dict(), model_source=model_source
+                preprocess_row, decoding=decoding.model_dump(), model_source=model_source
             ),
             postprocess=functools.partial(postprocess_row, max_new_tokens=decoding.max_new_tokens, eos=eos),
         )
@@ -249,7 +252,7 @@ def run_vllm(plan: pd.DataFrame, cfg: Any, model_source: str, eos: list[int]) ->
     processor = build_vllm_processor(
         cfg, model_source, eos, gpu=gpu, runtime_env=vllm_runtime_env(cfg, gpu=gpu) or None
     )
-    requests = expand_candidates(plan, Decoding.from_config(cfg))
+    requests = expand_candidates(plan, cfg.decoding)
     frames = [group for _, group in requests.groupby("block", sort=True)]
     for batch in processor(ray.data.from_pandas(frames)).iter_batches(batch_size=None, batch_format="pandas"):
         yield to_candidates(batch)
@@ -277,7 +280,7 @@ def _run_local(plan: pd.DataFrame, cfg: Any, model_source: str, eos: list[int]) 
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    decoding = Decoding.from_config(cfg)
+    decoding = cfg.decoding
     from llmcf_core.cot.backend import cpu_engine_env
 
     engine = _local_engine(

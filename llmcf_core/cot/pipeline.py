@@ -31,17 +31,16 @@ from typing import Any
 
 import pandas as pd
 
-from llmcf_core import storage
+from llmcf_core import layout, storage
 from llmcf_core.config import CotConfig, Settings
-from llmcf_core.cot import layout
+from llmcf_core.cot import versions as cot_versions
 from llmcf_core.cot.backend import resolve_backend, vllm_importable
 from llmcf_core.cot.blocks import BlockStore, empty_table, merge_rows, to_table
 from llmcf_core.cot.check import check_cot
-from llmcf_core.cot.engine_hf import Decoding
 from llmcf_core.cot.pool import select_pool
 from llmcf_core.cot.prompt import PromptBuilder, effective_prompt_version, template, tokenizer_markers
 from llmcf_core.cot.score import FINISH_ERROR, Candidate, best_of
-from llmcf_core.paths import DataPaths, InvalidArgument
+from llmcf_core.layout import COT, DataPaths, InvalidArgument
 from llmcf_core.quality.publish import publish_checked, reject
 
 log = logging.getLogger(__name__)
@@ -169,7 +168,7 @@ def _candidates(group: pd.DataFrame) -> list[Candidate]:
 def _generator_kwargs(cfg: CotConfig, model_dir: str) -> dict[str, Any]:
     return {
         "model_dir": model_dir,
-        "decoding": Decoding.from_config(cfg).to_dict(),
+        "decoding": cfg.decoding.model_dump(),
         "dtype": cfg.dtype,
         "device": "cuda" if cfg.gpus_per_actor > 0 else "cpu",
         "torch_threads": cfg.torch_threads,
@@ -251,7 +250,7 @@ def _generate(
     todo: pd.DataFrame,
     paths: DataPaths,
     cfg: CotConfig,
-    ref: layout.ModelRef,
+    ref: cot_versions.ModelRef,
     tokenizer: Any,
     store: BlockStore,
     mv: str,
@@ -274,7 +273,7 @@ def _generate(
     committer = BlockCommitter(
         store,
         plan,
-        n_candidates=Decoding.from_config(cfg).candidates,
+        n_candidates=cfg.decoding.candidates,
         model_version=mv,
         prompt_version=pv,
         label_conditioned=cfg.label_conditioned,
@@ -291,7 +290,7 @@ def _generate(
 
 def version_written(cfg: CotConfig, home: Any) -> str:
     """The CoT version (MODEL__PROMPT) a run with ``cfg`` writes (resolves the model, loads nothing)."""
-    ref = layout.resolve_cot_model(cfg.model, home)
+    ref = cot_versions.resolve_cot_model(cfg.model, home)
     return layout.version_name(
         ref.model_version, effective_prompt_version(cfg.prompt_version, cfg.label_conditioned)
     )
@@ -322,7 +321,7 @@ def generate_cot_partition(
     if not storage.is_published(paths.items):
         raise InvalidArgument(f"items of {dataset} are not published ({paths.items}): run jobs.ingest")
     template(cfg.prompt_version)  # unknown versions fail before any work
-    ref = layout.resolve_cot_model(cfg.model, settings.home)
+    ref = cot_versions.resolve_cot_model(cfg.model, settings.home)
     mv, pv = ref.model_version, effective_prompt_version(cfg.prompt_version, cfg.label_conditioned)
     final_dir = layout.version_dir(paths, day, mv, pv)
     store = BlockStore(layout.blocks_dir(paths, day, mv, pv))
@@ -371,12 +370,12 @@ def generate_cot_partition(
         pool_labels=dict(zip(pool["sample_id"], pool["label"].astype(int), strict=True)),
         model_version=mv,
         prompt_version=pv,
-        max_new_tokens=cfg.max_new_tokens,
+        max_new_tokens=cfg.decoding.max_new_tokens,
         min_chars=cfg.min_cot_chars,
         max_failure_rate=cfg.max_failure_rate,
         forbidden=forbidden,
     )
-    quarantine_dir = paths.quarantine("cot", day)
+    quarantine_dir = paths.quarantine(COT, day)
     if not report.success:
         log.error(
             "cot check failed: quarantining the failing rows at %s; committed blocks kept", quarantine_dir
@@ -397,7 +396,7 @@ def generate_cot_partition(
             "label_conditioned": cfg.label_conditioned,
             "pool_fraction": cfg.pool_fraction,
             "backend": cfg.backend,
-            "decoding": Decoding.from_config(cfg).to_dict(),
+            "decoding": cfg.decoding.model_dump(),
             "failed_rows": failed,
         },
         clear=[quarantine_dir],

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from llmcf_core.paths import InvalidArgument
+from llmcf_core.layout import InvalidArgument
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -39,13 +39,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from llmcf_core import fsio, storage
+from llmcf_core import fsio, layout, storage
 from llmcf_core.config import Settings
-from llmcf_core.cot import layout
 from llmcf_core.cot.prompt import TEMPLATES, template, user_message
 from llmcf_core.cot.score import FINISH_ERROR, FINISH_LENGTH
-from llmcf_core.paths import DataPaths, InvalidArgument
-from llmcf_core.retrieval.layout import CotVersion, PoolSpec, RetrievalPaths, resolve_cot_version
+from llmcf_core.layout import CotVersion, DataPaths, InvalidArgument, RetrievalPaths, resolve_cot_version
+from llmcf_core.retrieval.spec import PoolSpec
 
 # --- thresholds (each rule's constant; docs/cot.md explains them) -----------------------------
 # A CoT shorter than this is "short": the v1 prompt asks for four numbered points, which cannot
@@ -159,14 +158,8 @@ def resolve_version(settings: Settings, dataset: str, version: str | None, embed
 def published_versions(paths: DataPaths) -> list[str]:
     """Every version folder published on at least one day."""
     found: set[str] = set()
-    root = layout.cot_root(paths)
-    if root.is_dir():
-        for folder in root.glob("dt=*"):
-            try:
-                day = dt.date.fromisoformat(folder.name.removeprefix("dt="))
-            except ValueError:
-                continue
-            found.update(layout.list_versions(paths, day))
+    for day in paths.cot_partition_days():
+        found.update(paths.cot_versions(day))
     return sorted(found)
 
 

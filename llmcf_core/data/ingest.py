@@ -29,7 +29,7 @@ from llmcf_core.data import items as items_mod
 from llmcf_core.data import samples as samples_mod
 from llmcf_core.data import users as users_mod
 from llmcf_core.data.sources import RawSource, load_interactions, load_items, load_users, resolve_source
-from llmcf_core.paths import DataPaths, InvalidArgument, utc_day
+from llmcf_core.layout import INTERACTIONS, ITEMS, SAMPLES, USERS, DataPaths, InvalidArgument, utc_day
 from llmcf_core.quality.publish import publish_checked, reject
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,9 @@ def _staged_frames(paths: DataPaths, src: RawSource) -> tuple[pd.DataFrame, pd.D
         items = load_items(src)
         return items, load_interactions(src, items)
     key = hashlib.sha256("|".join([_STAGING_VERSION, *src.fingerprint_parts()]).encode()).hexdigest()[:16]
-    folder = paths.staging / f"raw-{key}"
+    folder = paths.staged_raw(key)
     # Two published tables (atomic each, local or object store); concurrent runs write the same bytes.
-    inter_dir, items_dir = folder / "interactions", folder / "items"
+    inter_dir, items_dir = folder / INTERACTIONS, folder / ITEMS
     if storage.is_published(inter_dir) and storage.is_published(items_dir):
         return storage.read_partition(items_dir).to_pandas(), storage.read_partition(inter_dir).to_pandas()
     items = load_items(src)
@@ -204,7 +204,7 @@ def ingest_partition(
         samples_report,
         {"dataset": dataset, "partition": partition, "source": src.kind},
         # a clean run clears the stale quarantine of every table it checked
-        clear=[paths.quarantine(artifact, day) for artifact in ("items", "users", "interactions", "samples")],
+        clear=[paths.quarantine(artifact, day) for artifact in (ITEMS, USERS, INTERACTIONS, SAMPLES)],
     )
     split = samples_mod.split_of(day, cfg.valid_start, cfg.test_start)
     return IngestResult(

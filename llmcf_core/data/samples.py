@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from llmcf_core.paths import day_bounds
+from llmcf_core.layout import day_bounds
 
 SAMPLES_SCHEMA = pa.schema(
     [

@@ -26,7 +26,7 @@ import pandas as pd
 from llmcf_core import fsio
 from llmcf_core.config import DatasetConfig
 from llmcf_core.data import users as users_mod
-from llmcf_core.paths import InvalidArgument
+from llmcf_core.layout import InvalidArgument
 
 _YEAR_IN_TITLE = re.compile(r"\s*\((\d{4})\)\s*$")
 

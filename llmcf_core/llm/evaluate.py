@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llmcf_core import fsio
-from llmcf_core.paths import InvalidArgument
+from llmcf_core.layout import InvalidArgument
 
 
 def auc(labels: Sequence[int], scores: Sequence[float]) -> float:
@@ -81,8 +81,8 @@ def build_eval_sets(
 ) -> EvalSets:
     """Held-out rec samples (valid split, the first ``days`` published days after the window) and
     held-out general conversations."""
+    from llmcf_core.layout import DataPaths
     from llmcf_core.llm import instructions, sharegpt
-    from llmcf_core.paths import DataPaths
 
     paths = DataPaths(home, dataset)
     later = [d for d in instructions.published_days(paths, None, dt.date.max) if d > window_end]

@@ -28,13 +28,13 @@ from typing import Any
 
 from llmcf_core import storage
 from llmcf_core.config import Settings
-from llmcf_core.paths import DataPaths, InvalidArgument, parse_partition
+from llmcf_core.layout import INSTRUCTIONS, DataPaths, InvalidArgument
 from llmcf_core.quality import CheckReport, Rule, run_rules
 from llmcf_core.quality.publish import publish_checked, reject
 
 log = logging.getLogger(__name__)
 
-ARTIFACT = "recgen_instructions"
+ARTIFACT = INSTRUCTIONS
 BUILDER_VERSION = "1"  # bump when the wording or encoding changes
 COLUMNS = (
     "instruction_id",
@@ -126,16 +126,7 @@ def artifact_dir(paths: DataPaths, window_end: dt.date, version: str) -> Path:
 
 def published_days(paths: DataPaths, start: dt.date | None, end: dt.date) -> list[dt.date]:
     """Published samples partitions with start <= day <= end, in order."""
-    root = paths.artifact("samples")
-    days = []
-    for folder in sorted(root.glob("dt=*")) if root.is_dir() else []:
-        try:
-            day = parse_partition(folder.name[3:])
-        except InvalidArgument:
-            continue
-        if (start is None or day >= start) and day <= end and storage.is_published(folder):
-            days.append(day)
-    return days
+    return [d for d in paths.sample_days(end) if start is None or d >= start]
 
 
 def _hash_order(key: str, seed: int) -> str:
@@ -295,7 +286,7 @@ def check_instructions(
     """
     import numpy as np
 
-    from llmcf_core.paths import day_bounds
+    from llmcf_core.layout import day_bounds
 
     frame = df.reset_index(drop=True)
     is_rec = (frame["source"] == "rec").to_numpy() if "source" in frame else np.zeros(len(frame), bool)

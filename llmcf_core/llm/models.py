@@ -50,14 +50,10 @@ def gguf_path() -> Path:
 
 
 def base_models_dir(home: Any) -> Path:
-    """Where built base models are cached: under a local data root, else in the local cache.
+    """Where built base models are cached (``llmcf_core.layout.base_models_dir``)."""
+    from llmcf_core.layout import base_models_dir as folder
 
-    Models are always loaded from local folders; on an object-store data root they are derived
-    data (rebuilt from the packages on any machine), so they stay out of the bucket.
-    """
-    if fsio.is_url(home):
-        return fsio.cache_root() / "models" / "base"
-    return Path(home) / "models" / "base"
+    return folder(home)
 
 
 def _publish_dir(staged: Path, final: Path) -> Path:

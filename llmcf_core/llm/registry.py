@@ -25,17 +25,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmcf_core import fsio
-from llmcf_core.paths import InvalidArgument
+from llmcf_core import fsio, layout
+from llmcf_core.layout import InvalidArgument
 
-LATEST = "latest"
-CANDIDATES = "_candidates"
-RUNS = "_runs"
+LATEST = layout.LATEST
 EVAL_DIR = "eval"
 GATE_FILE = "gate.json"
 METRICS_FILE = "metrics.json"
 METADATA_FILE = "metadata.json"
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class GateRefused(InvalidArgument):
@@ -43,31 +40,27 @@ class GateRefused(InvalidArgument):
 
 
 def check_version(version: str) -> str:
-    if not isinstance(version, str) or not _VERSION.match(version) or ".." in version or version == LATEST:
-        raise InvalidArgument(
-            f"invalid RecGen version {version!r}: letters, digits, '.', '_', '-' (max 128), not 'latest'"
-        )
-    return version
+    return layout.check_recgen_version(version)
 
 
 def root(home: Any) -> Any:
-    return fsio.as_path(home) / "models" / "recgen"
+    return layout.recgen_root(home)
 
 
 def version_dir(home: Path, version: str) -> Path:
-    return root(home) / check_version(version)
+    return layout.recgen_version_dir(home, version)
 
 
 def candidate_dir(home: Path, version: str) -> Path:
-    return root(home) / CANDIDATES / check_version(version)
+    return layout.recgen_candidate_dir(home, version)
 
 
 def runs_dir(home: Path) -> Path:
-    return root(home) / RUNS
+    return layout.recgen_runs_dir(home)
 
 
 def latest_pointer(home: Path) -> Path:
-    return root(home) / LATEST
+    return layout.recgen_latest(home)
 
 
 def is_model_dir(folder: Any) -> bool:

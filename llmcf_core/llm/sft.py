@@ -15,7 +15,6 @@ here from the run's settings. On CPUs DeepSpeed JIT-compiles a comm op once (~70
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -27,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from llmcf_core import fsio, storage
-from llmcf_core.config import CONFIG_DIR, REPO_ROOT, Settings
+from llmcf_core.config import CONFIG_DIR, REPO_ROOT, RecgenConfig, Settings
+from llmcf_core.layout import InvalidArgument
 from llmcf_core.llm import registry
-from llmcf_core.paths import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -42,32 +41,17 @@ def torch_extensions_dir() -> str:
 
 @dataclass(frozen=True)
 class FinetuneSpec:
-    """One fine-tuning run. ``version`` names the run, its checkpoints and the candidate model."""
+    """One fine-tuning run. ``version`` names the run, its checkpoints and the candidate model.
+
+    ``recgen`` is the ``recgen`` config section as this run uses it (with the run's overrides); the
+    other fields are what only this run has.
+    """
 
     dataset: str
     window_end: dt.date
-    base_model: str
     instructions_dir: Path
     version: str
-    num_workers: int
-    cpus_per_worker: float
-    use_gpu: bool
-    zero_stage: int
-    bf16: bool
-    micro_batch_size: int
-    grad_accum: int
-    lr: float
-    weight_decay: float
-    warmup_ratio: float
-    grad_clip: float
-    epochs: float
-    max_steps: int
-    checkpoint_every: int
-    keep_checkpoints: int
-    max_failures: int
-    storage_path: str | None
-    seed: int
-    gradient_checkpointing: bool = False
+    recgen: RecgenConfig
     log_every: int = 10
     fail_after_step: int | None = None  # tests: a worker dies right after this step's checkpoint
 
@@ -80,30 +64,40 @@ class FinetuneSpec:
         window_end: dt.date,
         instructions_dir: Path,
         version: str | None = None,
+        log_every: int | None = None,
+        fail_after_step: int | None = None,
         **overrides: Any,
     ) -> FinetuneSpec:
-        rc = settings.recgen
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in rc.model_dump().items() if k in names}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        values.update(dataset=dataset, window_end=window_end, instructions_dir=fsio.as_path(instructions_dir))
-        if values["use_gpu"]:
-            values["bf16"] = True
-        if values["zero_stage"] not in (2, 3):
-            raise InvalidArgument(f"ZeRO stage must be 2 or 3, not {values['zero_stage']}")
-        if values["num_workers"] < 1 or values["micro_batch_size"] < 1 or values["grad_accum"] < 1:
-            raise InvalidArgument("workers, micro batch size and gradient accumulation must be >= 1")
-        values["version"] = version or default_version(values)
-        registry.check_version(values["version"])
-        return cls(**values)
+        """``overrides``: ``recgen`` fields for this run (None: the configured value), validated."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        try:
+            rc = RecgenConfig.model_validate({**settings.recgen.model_dump(), **given})
+        except ValueError as exc:  # pydantic.ValidationError: unknown field or bad value
+            raise InvalidArgument(f"invalid fine-tuning setting(s) {given}: {exc}") from None
+        if rc.use_gpu and not rc.bf16:
+            rc = rc.model_copy(update={"bf16": True})
+        instructions_dir = fsio.as_path(instructions_dir)
+        version = version or default_version(dataset, window_end, instructions_dir, rc)
+        registry.check_version(version)
+        return cls(
+            dataset=dataset,
+            window_end=window_end,
+            instructions_dir=instructions_dir,
+            version=version,
+            recgen=rc,
+            fail_after_step=fail_after_step,
+            **({"log_every": log_every} if log_every is not None else {}),
+        )
 
     @property
     def global_batch(self) -> int:
-        return self.micro_batch_size * self.grad_accum * self.num_workers
+        rc = self.recgen
+        return rc.micro_batch_size * rc.grad_accum * rc.num_workers
 
 
-def default_version(values: dict[str, Any]) -> str:
+def default_version(dataset: str, window_end: dt.date, instructions_dir: Any, rc: RecgenConfig) -> str:
     """Deterministic, so a retried task reuses the run (and its checkpoints)."""
+    values = {**rc.model_dump(), "instructions_dir": instructions_dir}
     keys = (
         "base_model",
         "instructions_dir",
@@ -121,18 +115,19 @@ def default_version(values: dict[str, Any]) -> str:
         "seed",
     )
     digest = hashlib.sha256(json.dumps({k: values[k] for k in keys}, sort_keys=True, default=str).encode())
-    instr = fsio.as_path(values["instructions_dir"]).name.split("-")[0]
-    return f"{values['dataset']}-{values['window_end']}-{instr}-{digest.hexdigest()[:8]}"
+    instr = fsio.as_path(instructions_dir).name.split("-")[0]
+    return f"{dataset}-{window_end}-{instr}-{digest.hexdigest()[:8]}"
 
 
 def deepspeed_config(spec: FinetuneSpec, hidden_size: int) -> dict[str, Any]:
     """``configs/deepspeed/zero<stage>.json`` with its "auto" values filled in for this run."""
-    config = json.loads((CONFIG_DIR / "deepspeed" / f"zero{spec.zero_stage}.json").read_text())
-    config["train_micro_batch_size_per_gpu"] = spec.micro_batch_size
-    config["gradient_accumulation_steps"] = spec.grad_accum
+    rc = spec.recgen
+    config = json.loads((CONFIG_DIR / "deepspeed" / f"zero{rc.zero_stage}.json").read_text())
+    config["train_micro_batch_size_per_gpu"] = rc.micro_batch_size
+    config["gradient_accumulation_steps"] = rc.grad_accum
     config["train_batch_size"] = spec.global_batch
-    config["gradient_clipping"] = spec.grad_clip
-    config["bf16"] = {"enabled": spec.bf16}
+    config["gradient_clipping"] = rc.grad_clip
+    config["bf16"] = {"enabled": rc.bf16}
     zero = config["zero_optimization"]
     auto = {  # the values HF Trainer derives from the hidden size (fixed 2e8-element buckets cost GBs)
         "reduce_bucket_size": hidden_size * hidden_size,
@@ -143,25 +138,27 @@ def deepspeed_config(spec: FinetuneSpec, hidden_size: int) -> dict[str, Any]:
     for key, value in list(zero.items()):
         if value == "auto":
             zero[key] = auto[key]
-    if not spec.use_gpu:
+    if not rc.use_gpu:
         zero["overlap_comm"] = False  # no side streams on CPU
     return config
 
 
 def total_steps(spec: FinetuneSpec, n_rows: int) -> int:
-    if spec.max_steps:
-        return spec.max_steps
-    return max(1, math.ceil(spec.epochs * n_rows / spec.global_batch))
+    if spec.recgen.max_steps:
+        return spec.recgen.max_steps
+    return max(1, math.ceil(spec.recgen.epochs * n_rows / spec.global_batch))
 
 
 def worker_config(spec: FinetuneSpec, settings: Settings) -> dict[str, Any]:
-    """The plain dict every worker receives (picklable, no settings objects)."""
+    """The plain dict every worker receives (picklable, no settings objects): the run's ``recgen``
+    settings as they are (``recgen``, ``RecgenConfig.model_dump()``) and what this run computed."""
     from transformers import AutoConfig
 
     from llmcf_core.llm.models import resolve_model
 
+    rc = spec.recgen
     try:
-        model_dir = resolve_model(spec.base_model, settings.home)
+        model_dir = resolve_model(rc.base_model, settings.home)
     except FileNotFoundError as exc:
         raise InvalidArgument(str(exc)) from None
     manifest = storage.read_manifest(spec.instructions_dir)
@@ -176,7 +173,7 @@ def worker_config(spec: FinetuneSpec, settings: Settings) -> dict[str, Any]:
         "version": spec.version,
         "run_name": spec.version,
         "dataset": spec.dataset,
-        "base_model": spec.base_model,
+        "base_model": rc.base_model,
         "base_model_dir": str(model_dir),
         "instructions": {
             "path": str(spec.instructions_dir),
@@ -188,18 +185,18 @@ def worker_config(spec: FinetuneSpec, settings: Settings) -> dict[str, Any]:
         },
         "window_end": spec.window_end.isoformat(),
         "train": {
-            "workers": spec.num_workers,
-            "use_gpu": spec.use_gpu,
-            "zero_stage": spec.zero_stage,
-            "bf16": spec.bf16,
-            "micro_batch_size": spec.micro_batch_size,
-            "grad_accum": spec.grad_accum,
+            "workers": rc.num_workers,
+            "use_gpu": rc.use_gpu,
+            "zero_stage": rc.zero_stage,
+            "bf16": rc.bf16,
+            "micro_batch_size": rc.micro_batch_size,
+            "grad_accum": rc.grad_accum,
             "global_batch": spec.global_batch,
-            "lr": spec.lr,
+            "lr": rc.lr,
             "schedule": "cosine",
-            "warmup_ratio": spec.warmup_ratio,
-            "grad_clip": spec.grad_clip,
-            "epochs": spec.epochs,
+            "warmup_ratio": rc.warmup_ratio,
+            "grad_clip": rc.grad_clip,
+            "epochs": rc.epochs,
             "total_steps": steps,
             "examples": n_rows,
             "optimizer": "torch.optim.AdamW",
@@ -207,23 +204,13 @@ def worker_config(spec: FinetuneSpec, settings: Settings) -> dict[str, Any]:
         "versions": _library_versions(),
     }
     return {
+        "recgen": rc.model_dump(),
         "model_dir": str(model_dir),
         "data_file": str(storage.part_file(spec.instructions_dir, manifest)),
         "export_dir": str(registry.candidate_dir(settings.home, spec.version)),
-        "world_size": spec.num_workers,
-        "use_gpu": spec.use_gpu,
-        "zero_stage": spec.zero_stage,
-        "bf16": spec.bf16,
-        "micro_batch_size": spec.micro_batch_size,
-        "grad_accum": spec.grad_accum,
-        "lr": spec.lr,
-        "weight_decay": spec.weight_decay,
         "total_steps": steps,
-        "warmup_steps": int(round(spec.warmup_ratio * steps)),
-        "checkpoint_every": spec.checkpoint_every,
+        "warmup_steps": int(round(rc.warmup_ratio * steps)),
         "log_every": spec.log_every,
-        "seed": spec.seed,
-        "gradient_checkpointing": spec.gradient_checkpointing,
         "fail_after_step": spec.fail_after_step,
         "torch_extensions_dir": torch_extensions_dir(),
         "run_dir": _run_dir(spec, settings),
@@ -245,7 +232,7 @@ def _library_versions() -> dict[str, str]:
 
 
 def storage_path(spec: FinetuneSpec, settings: Settings) -> str:
-    return spec.storage_path or str(registry.runs_dir(settings.home))
+    return spec.recgen.storage_path or str(registry.runs_dir(settings.home))
 
 
 def _run_dir(spec: FinetuneSpec, settings: Settings) -> str:
@@ -274,30 +261,31 @@ def finetune(settings: Settings, spec: FinetuneSpec) -> dict[str, Any]:
     from llmcf_core.raycompute import ensure_ray
 
     ensure_ray(settings.ray.local_num_cpus, dashboard=True)  # Ray Train needs the State API
-    resources = {"CPU": spec.cpus_per_worker}
-    if spec.use_gpu:
+    rc = spec.recgen
+    resources = {"CPU": rc.cpus_per_worker}
+    if rc.use_gpu:
         resources["GPU"] = 1
     run_storage, run_fs = fsio.ray_storage(storage_path(spec, settings))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg,
         scaling_config=ScalingConfig(
-            num_workers=spec.num_workers, use_gpu=spec.use_gpu, resources_per_worker=resources
+            num_workers=rc.num_workers, use_gpu=rc.use_gpu, resources_per_worker=resources
         ),
-        torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if rc.use_gpu else "gloo"),
         run_config=RunConfig(
             name=spec.version,
             storage_path=run_storage,
             storage_filesystem=run_fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=spec.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=rc.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=rc.max_failures),
         ),
     )
     log.info(
         "fine-tuning %s: %d workers, ZeRO-%d, %d steps",
         spec.version,
-        spec.num_workers,
-        spec.zero_stage,
+        rc.num_workers,
+        rc.zero_stage,
         cfg["total_steps"],
     )
     trainer.fit()

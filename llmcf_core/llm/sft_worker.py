@@ -28,28 +28,31 @@ from pathlib import Path
 from typing import Any
 
 from llmcf_core import fsio, raycompute
+from llmcf_core.config import RecgenConfig
 
 CKPT_TAG = "ds"
 STATE_FILE = "trainer_state.json"
 IGNORE_INDEX = -100
 
 
-def global_sample(step: int, micro: int, rank: int, slot: int, cfg: dict) -> int:
+def global_sample(step: int, micro: int, rank: int, slot: int, rc: RecgenConfig) -> int:
     """Position in the endless, epoch-by-epoch shuffled stream of examples."""
-    per_micro = cfg["micro_batch_size"]
-    per_step = per_micro * cfg["grad_accum"] * cfg["world_size"]
-    return step * per_step + (micro * cfg["world_size"] + rank) * per_micro + slot
+    per_micro = rc.micro_batch_size
+    per_step = per_micro * rc.grad_accum * rc.num_workers
+    return step * per_step + (micro * rc.num_workers + rank) * per_micro + slot
 
 
-def rows_for(step: int, micro: int, rank: int, cfg: dict, n_rows: int, orders: dict[int, Any]) -> list[int]:
+def rows_for(
+    step: int, micro: int, rank: int, rc: RecgenConfig, n_rows: int, orders: dict[int, Any]
+) -> list[int]:
     import numpy as np
 
     out = []
-    for slot in range(cfg["micro_batch_size"]):
-        k = global_sample(step, micro, rank, slot, cfg)
+    for slot in range(rc.micro_batch_size):
+        k = global_sample(step, micro, rank, slot, rc)
         epoch = k // n_rows
         if epoch not in orders:
-            orders[epoch] = np.random.default_rng(cfg["seed"] + epoch).permutation(n_rows)
+            orders[epoch] = np.random.default_rng(rc.seed + epoch).permutation(n_rows)
         out.append(int(orders[epoch][k % n_rows]))
     return out
 
@@ -98,7 +101,9 @@ def latest_complete_checkpoint(run_dir: Any, world_size: int) -> tuple[int, Any]
     return max(found) if found else None
 
 
-def resume_folder(stack: contextlib.ExitStack, registered: Any, cfg: dict, rank: int) -> Path | None:
+def resume_folder(
+    stack: contextlib.ExitStack, registered: Any, run_dir: str, world_size: int, rank: int
+) -> Path | None:
     """The checkpoint to resume from: Ray's registered one, or a newer complete one in the run folder.
 
     Rank 0 decides and broadcasts, so every rank loads the same checkpoint. A registered checkpoint
@@ -112,10 +117,10 @@ def resume_folder(stack: contextlib.ExitStack, registered: Any, cfg: dict, rank:
         best: tuple[int, str] | None = None
         if registered is not None:
             with raycompute.checkpoint_directory(registered, prefix="recgen-probe-") as folder:
-                step = checkpoint_step(Path(folder), cfg["world_size"])
+                step = checkpoint_step(Path(folder), world_size)
             best = (step, "registered") if step is not None else None
-        if cfg.get("run_dir") and fsio.as_path(cfg["run_dir"]).is_dir():
-            scanned = latest_complete_checkpoint(cfg["run_dir"], cfg["world_size"])
+        if run_dir and fsio.as_path(run_dir).is_dir():
+            scanned = latest_complete_checkpoint(run_dir, world_size)
             if scanned and (best is None or scanned[0] > best[0]):
                 best = (scanned[0], str(scanned[1]))
         choice[0] = best[1] if best else None
@@ -143,11 +148,11 @@ def _peak_memory_mb(use_gpu: bool) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _export(engine: Any, tok: Any, cfg: dict, rank: int, state: dict) -> None:
+def _export(engine: Any, tok: Any, cfg: dict, zero_stage: int, rank: int, state: dict) -> None:
     """Gather the full weights and write an HF folder + metadata.json (rank 0), replacing any older export."""
     import torch.distributed as dist
 
-    if cfg["zero_stage"] == 3:
+    if zero_stage == 3:
         state_dict = engine._zero3_consolidated_16bit_state_dict()  # collective: every rank
     else:
         state_dict = engine.module.state_dict() if rank == 0 else None
@@ -185,8 +190,9 @@ def _export(engine: Any, tok: Any, cfg: dict, rank: int, state: dict) -> None:
 
 def train_loop_per_worker(cfg: dict) -> None:
     """Ray Train entry point; ``cfg`` comes from :func:`llmcf_core.llm.sft.worker_config`."""
+    rc = RecgenConfig.model_validate(cfg["recgen"])  # the run's recgen settings, as configured
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", cfg["torch_extensions_dir"])  # DeepSpeed's JIT op cache
-    if not cfg["use_gpu"]:
+    if not rc.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
     import ray.train
@@ -196,11 +202,11 @@ def train_loop_per_worker(cfg: dict) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if world != cfg["world_size"]:
-        raise RuntimeError(f"world size {world} != configured {cfg['world_size']}")
-    if cfg["use_gpu"]:
+    if world != rc.num_workers:
+        raise RuntimeError(f"world size {world} != configured {rc.num_workers}")
+    if rc.use_gpu:
         torch.cuda.set_device(ray.train.torch.get_device())
-    torch.manual_seed(cfg["seed"])
+    torch.manual_seed(rc.seed)
 
     table = fsio.read_parquet(cfg["data_file"], columns=["input_ids", "response_start"])
     data = list(
@@ -212,19 +218,19 @@ def train_loop_per_worker(cfg: dict) -> None:
 
     ds_config = cfg["ds_config"]
     # Wrap Ray's process group now, so that DeepSpeed's config (below, ZeRO-3) sees the real world size.
-    deepspeed.init_distributed(dist_backend="nccl" if cfg["use_gpu"] else "gloo")
+    deepspeed.init_distributed(dist_backend="nccl" if rc.use_gpu else "gloo")
     keep_alive = None
-    if cfg["zero_stage"] == 3:
+    if rc.zero_stage == 3:
         from transformers.integrations import HfDeepSpeedConfig
 
         keep_alive = HfDeepSpeedConfig(ds_config)  # from_pretrained partitions weights while loading
-    dtype = torch.bfloat16 if cfg["bf16"] else torch.float32
+    dtype = torch.bfloat16 if rc.bf16 else torch.float32
     model = AutoModelForCausalLM.from_pretrained(cfg["model_dir"], dtype=dtype)
     model.config.use_cache = False
-    if cfg["gradient_checkpointing"]:
+    if rc.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg["lr"], weight_decay=cfg["weight_decay"]
+        [p for p in model.parameters() if p.requires_grad], lr=rc.lr, weight_decay=rc.weight_decay
     )
     total, warmup = cfg["total_steps"], cfg["warmup_steps"]
     engine, _, _, _ = deepspeed.initialize(
@@ -237,7 +243,7 @@ def train_loop_per_worker(cfg: dict) -> None:
 
     state: dict[str, Any] = {"step": 0, "losses": [], "tokens": 0, "segments": []}
     with contextlib.ExitStack() as stack:
-        folder = resume_folder(stack, ray.train.get_checkpoint(), cfg, rank)
+        folder = resume_folder(stack, ray.train.get_checkpoint(), cfg["run_dir"], rc.num_workers, rank)
         if folder is not None:
             engine.load_checkpoint(
                 str(folder), tag=CKPT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
@@ -263,14 +269,14 @@ def train_loop_per_worker(cfg: dict) -> None:
     while state["step"] < total:
         step = state["step"]
         loss_sum, tokens = 0.0, 0
-        for micro in range(cfg["grad_accum"]):
-            batch = collate([data[i] for i in rows_for(step, micro, rank, cfg, len(data), orders)], pad_id)
+        for micro in range(rc.grad_accum):
+            batch = collate([data[i] for i in rows_for(step, micro, rank, rc, len(data), orders)], pad_id)
             tokens += int(batch["attention_mask"].sum())
             out = engine(**{k: v.to(device) for k, v in batch.items()})
             engine.backward(out.loss)
             engine.step()
             loss_sum += float(out.loss.detach().float())
-        stats = torch.tensor([loss_sum / cfg["grad_accum"], float(tokens)], dtype=torch.float64)
+        stats = torch.tensor([loss_sum / rc.grad_accum, float(tokens)], dtype=torch.float64)
         dist.all_reduce(stats)  # mean loss, total tokens over the workers
         state["step"] = step + 1
         state["tokens"] += int(stats[1])
@@ -290,12 +296,12 @@ def train_loop_per_worker(cfg: dict) -> None:
                 f"tokens/s {metrics['tokens_per_s']:.0f}",
                 flush=True,
             )
-        if state["step"] % cfg["checkpoint_every"] == 0 or state["step"] == total:
+        if state["step"] % rc.checkpoint_every == 0 or state["step"] == total:
             save(metrics)
-            if cfg.get("fail_after_step") == state["step"] and rank == 0:
+            if cfg["fail_after_step"] == state["step"] and rank == 0:
                 os._exit(17)  # test hook: a worker dies right after a checkpoint
 
-    peak = torch.tensor([_peak_memory_mb(cfg["use_gpu"])], dtype=torch.float64)
+    peak = torch.tensor([_peak_memory_mb(rc.use_gpu)], dtype=torch.float64)
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     seconds = time.perf_counter() - seg_start
     state["segments"].append(
@@ -312,6 +318,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         engine,
         tok,
         cfg,
+        rc.zero_stage,
         rank,
         {
             "final_step": state["step"],

@@ -103,7 +103,7 @@ def verify_published(
     ``partition`` when given, and each named report in its manifest passed (``success`` is True: a
     missing report fails). Returns the manifest; raises ``InvalidArgument`` (not retried) naming
     the folder and the rule otherwise. Reads the manifest only."""
-    from llmcf_core.paths import InvalidArgument
+    from llmcf_core.layout import InvalidArgument
 
     manifest = storage.read_manifest(folder)
     if manifest is None:

@@ -2,7 +2,8 @@
 
 Modules (import what you need; nothing heavy is imported here):
 
-- ``spec``       DataSpec (data sizes + frozen item side information), HParams, VARIANTS
+- ``spec``       DataSpec (data sizes + frozen item side information), VARIANTS (hyper-parameters:
+                 ``llmcf_core.config.RecModelConfig``, the ``rec.model`` section)
 - ``ict``        the in-context module (tiny LLaMA-style decoder over retrieved examples)
 - ``fields``     field embeddings shared by backbones and the ICT's feature tokens
 - ``backbones``  DIN, DeepFM, DCNv2, AutoInt, xDeepFM, DCN, SASRec, GRU4Rec (``build_model``)

@@ -37,9 +37,16 @@ import pyarrow.compute as pc
 import torch
 
 from llmcf_core import storage
-from llmcf_core.paths import DataPaths, InvalidArgument, check_dataset_name
+from llmcf_core.layout import (
+    DataPaths,
+    InvalidArgument,
+    RetrievalPaths,
+    check_dataset_name,
+    partition_dir_name,
+    published_days,
+    resolve_cot_version,
+)
 from llmcf_core.rec.spec import DataSpec
-from llmcf_core.retrieval.layout import RetrievalPaths, published_days, resolve_cot_version
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +175,7 @@ class _Reader:
         return storage.read_partition(folder, columns=columns)
 
     def read_days(self, root: Path, days: list[dt.date], columns: list[str] | None = None) -> pa.Table | None:
-        tables = [self.read(root / f"dt={d.isoformat()}", columns) for d in days]
+        tables = [self.read(root / partition_dir_name(d), columns) for d in days]
         return pa.concat_tables(tables, promote_options="default") if tables else None
 
     def fingerprint(self) -> str:
@@ -251,8 +258,8 @@ def load_tables(
 ) -> RecTables:
     """Join the published artifacts of ``dataset`` up to ``until`` into ``RecTables``.
 
-    ``task`` picks the neighbours artifact (ranking: ``rec.neighbors_artifact``; sequential:
-    ``rec.seq_neighbors_artifact``); ``with_icl=False`` (variant ``base``) reads no neighbours,
+    ``task`` picks the neighbours (ranking: task ``ctr``'s, history + target similarity;
+    sequential: task ``next_item``'s, history only); ``with_icl=False`` (variant ``base``) reads no neighbours,
     pool or CoTs. ``cot_version`` (MODEL__PROMPT) picks the pool and neighbours; None: the
     dataset's promoted version.
     """
@@ -260,18 +267,18 @@ def load_tables(
     embedder = resolve_embedder(settings, embedder)
     reader = _Reader()
 
-    days = published_days(paths.artifact("samples"), until)
+    days = paths.sample_days(until)
     if not days:
         raise InvalidArgument(f"no published samples for {dataset!r} up to {until or 'now'}")
-    samples = reader.read_days(paths.artifact("samples"), days, SAMPLE_COLUMNS)
+    samples = reader.read_days(paths.samples_root, days, SAMPLE_COLUMNS)
     assert samples is not None
     if not storage.is_published(paths.items):
         raise InvalidArgument(f"no published items table for {dataset!r} at {paths.items}")
     items = reader.read(paths.items, ["item_id", "genres"])
-    emb_root = paths.artifact(f"embeddings/{embedder}")
-    if not storage.is_published(emb_root / "items"):
-        raise InvalidArgument(f"no item embeddings at {emb_root / 'items'} (run the embedding stage)")
-    item_vecs = reader.read(emb_root / "items", ["item_id", "vector"])
+    vec_dir = paths.item_vectors(embedder)
+    if not storage.is_published(vec_dir):
+        raise InvalidArgument(f"no item embeddings at {vec_dir} (run the embedding stage)")
+    item_vecs = reader.read(vec_dir, ["item_id", "vector"])
 
     # Items: vocabulary, genres, text embeddings.
     item_ids = np.unique(np.asarray(items.column("item_id").to_numpy(), dtype=np.int64))
@@ -291,8 +298,8 @@ def load_tables(
     item_text[at[keep]] = vec[keep]
     items_without_text = int(len(item_ids) - keep.sum())
 
-    use_users = getattr(settings.rec, "user_features", True) and storage.is_published(paths.artifact("users"))
-    users = reader.read(paths.artifact("users")) if use_users else None
+    use_users = getattr(settings.rec, "user_features", True) and storage.is_published(paths.users)
+    users = reader.read(paths.users) if use_users else None
 
     # Samples.
     history_len = _history_len(settings, dataset, samples)
@@ -308,7 +315,7 @@ def load_tables(
     split, valid_source = _ensure_valid_split(split, timestamp)
     # The user vocabulary is the users with train rows: a user seen only in valid/test (most test
     # users of a time split) is the unknown user 0, whose embedding is trained by user-id dropout
-    # (``HParams.user_dropout``), never an untrained row.
+    # (``rec.model.user_dropout``), never an untrained row.
     user_ids = np.unique(user_raw[split == SPLITS.index("train")])
 
     tables = RecTables(
@@ -349,11 +356,7 @@ def load_tables(
     if with_icl:
         rpaths = RetrievalPaths(settings.home, dataset, embedder)
         version = resolve_cot_version(rpaths, cot_version)
-        nb_root = (
-            rpaths.neighbors_root("ctr", version, settings.rec.neighbors_artifact)
-            if task == "ranking"
-            else rpaths.neighbors_root("next_item", version, settings.rec.seq_neighbors_artifact)
-        )
+        nb_root = rpaths.neighbors_root("ctr" if task == "ranking" else "next_item", version)
         _attach_icl(tables, reader, rpaths.pool_root(version), nb_root, days, until)
         tables.cot_version = version.folder
     tables.fingerprint = reader.fingerprint()
@@ -419,7 +422,7 @@ def _attach_icl(
     pool = reader.read_days(pool_root, published_days(pool_root, until), ["sample_id", "cot_vec"])
     if pool is None or pool.num_rows == 0:
         raise InvalidArgument(f"no published in-context pool at {pool_root} (run the embedding stage)")
-    nb_days = [d for d in days if storage.is_published(nb_root / f"dt={d.isoformat()}")]
+    nb_days = [d for d in days if storage.is_published(nb_root / partition_dir_name(d))]
     neighbors = reader.read_days(nb_root, nb_days, ["sample_id", "neighbor_ids", "neighbor_padded"])
     if neighbors is None or neighbors.num_rows == 0:
         raise InvalidArgument(f"no published neighbours at {nb_root} (run the retrieval stage)")

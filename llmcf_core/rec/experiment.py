@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from llmcf_core import fsio
-from llmcf_core.paths import DataPaths
+from llmcf_core.layout import DataPaths
 from llmcf_core.rec import registry, stats
 from llmcf_core.rec.backbones import model_class
 from llmcf_core.rec.metrics import TOP_KS
@@ -517,15 +517,13 @@ def _cot_quality_lines(settings: Any, dataset: str, version: str | None) -> list
 
 
 def _current_cot(settings: Any, dataset: str) -> str:
-    from llmcf_core.cot.layout import read_current, version_name
+    from llmcf_core.layout import promoted_cot
 
     try:
-        current = read_current(DataPaths(settings.home, dataset))
-    except (OSError, ValueError, KeyError):
+        current = promoted_cot(DataPaths(settings.home, dataset))
+    except (OSError, ValueError):
         current = None
-    if not current:
-        return "unknown (no cot/CURRENT)"
-    return version_name(current["model_version"], current["prompt_version"])
+    return current.folder if current else "unknown (no cot/CURRENT)"
 
 
 def _plot(path: Path, dataset: str, summary: dict[tuple[str, str], dict[str, Any]]) -> None:

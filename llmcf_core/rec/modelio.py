@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from llmcf_core import fsio
+from llmcf_core.config import RecModelConfig
 from llmcf_core.rec import registry
 from llmcf_core.rec.backbones import RecModel, build_model
-from llmcf_core.rec.spec import DataSpec, HParams
+from llmcf_core.rec.spec import DataSpec
 
 
 @dataclass
@@ -76,12 +77,36 @@ def load_version(folder: Any) -> LoadedModel:
     folder = fsio.local_copy(folder, marker=registry.METRICS_FILE)
     meta = registry.read_json(folder / registry.META_FILE)
     spec = DataSpec.from_sizes(meta["spec"])
-    model = build_model(meta["model"], spec, HParams.from_dict(meta["hparams"]), meta["variant"])
+    hp = stored_model_config(meta["hparams"], folder / registry.META_FILE)
+    model = build_model(meta["model"], spec, hp, meta["variant"])
     state = torch.load(folder / registry.MODEL_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(_upgrade_state(state, model))
     model.eval()
     vocab = np.load(folder / registry.VOCAB_FILE)
     return LoadedModel(model, meta, vocab["user_ids"], vocab["item_ids"], folder)
+
+
+# ``hparams`` keys missing from model.json files written before the setting existed, with the value
+# those models were trained with (no user-id dropout; the paper's sampled softmax), not today's default.
+_HPARAMS_ADDED_LATER: dict[str, Any] = {"user_dropout": 0.0, "seq_loss": "sampled"}
+
+
+def stored_model_config(hparams: dict[str, Any], source: Any) -> RecModelConfig:
+    """The ``hparams`` of a saved model's ``model.json`` (named by ``source``) as ``RecModelConfig``.
+
+    Keys it does not know are ignored. A missing key fails, naming the file, unless it is in
+    ``_HPARAMS_ADDED_LATER``: today's config default could build another architecture than the
+    one the state_dict was trained as.
+    """
+    fields = RecModelConfig.model_fields
+    known = {k: v for k, v in hparams.items() if k in fields}
+    missing = sorted(set(fields) - set(known) - set(_HPARAMS_ADDED_LATER))
+    if missing:
+        raise ValueError(f"{source}: hparams lack {', '.join(missing)}")
+    try:
+        return RecModelConfig.model_validate({**_HPARAMS_ADDED_LATER, **known})
+    except ValueError as exc:  # pydantic.ValidationError
+        raise ValueError(f"{source}: invalid hparams: {exc}") from None
 
 
 # Parameters added after models were first saved, whose zero value reproduces the older model exactly

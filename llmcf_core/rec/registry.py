@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from llmcf_core import fsio
-from llmcf_core.paths import DataPaths, InvalidArgument, check_dataset_name
+from llmcf_core import fsio, layout
+from llmcf_core.layout import DataPaths, InvalidArgument
 
 METRICS_FILE = "metrics.json"
 # test rows' scores: sample_id, value (probability, or the target's 0-based rank for next item),
@@ -46,26 +46,20 @@ META_FILE = "model.json"
 VOCAB_FILE = "vocab.npz"
 
 
-def rec_root(home: Any) -> Any:
-    return fsio.as_path(home) / "models" / "rec"
-
-
 def model_dir(home: Path, model: str, variant: str) -> Path:
-    return rec_root(home) / f"{model}-{variant}"
+    return layout.rec_model_dir(home, model, variant)
 
 
 def version_dir(home: Path, model: str, variant: str, version: str) -> Path:
-    if not version or "/" in version or version.startswith((".", "_")) or version.startswith("latest"):
-        raise InvalidArgument(f"invalid model version {version!r}")
-    return model_dir(home, model, variant) / version
+    return layout.rec_version_dir(home, model, variant, version)
 
 
 def runs_dir(home: Path, model: str, variant: str) -> Path:
-    return rec_root(home) / "_runs" / f"{model}-{variant}"
+    return layout.rec_runs_dir(home, model, variant)
 
 
 def pointer_path(home: Path, dataset: str, model: str, variant: str) -> Path:
-    return model_dir(home, model, variant) / f"latest-{check_dataset_name(dataset)}"
+    return layout.rec_pointer(home, dataset, model, variant)
 
 
 def read_json(path: Any) -> dict[str, Any]:
@@ -136,14 +130,13 @@ class GateDecision:
 
 
 def _promoted_cot(home: Path, dataset: str) -> str | None:
-    """MODEL__PROMPT named by ``<ds>/cot/CURRENT`` (None before the first promotion)."""
-    from llmcf_core.cot.layout import read_current, version_name  # standard library + fsio
-
+    """MODEL__PROMPT named by ``<ds>/cot/CURRENT`` (None before the first promotion or when the
+    pointer is unreadable: then nothing trained on a CoT version is published)."""
     try:
-        current = read_current(DataPaths(home, dataset))
-    except (OSError, ValueError, KeyError, TypeError):
+        version = layout.promoted_cot(DataPaths(home, dataset))
+    except (OSError, ValueError):
         return None
-    return version_name(current["model_version"], current["prompt_version"]) if current else None
+    return version.folder if version else None
 
 
 def publish_gate(

@@ -313,9 +313,9 @@ class Scorer:
 def _read_users(settings: Any, dataset: str) -> dict[int, dict[str, str]]:
     """The published users table as {user_id: {feature: value}} (empty when there is none)."""
     from llmcf_core import storage
-    from llmcf_core.paths import DataPaths
+    from llmcf_core.layout import DataPaths
 
-    folder = DataPaths(settings.home, dataset).artifact("users")
+    folder = DataPaths(settings.home, dataset).users
     if not storage.is_published(folder):
         return {}
     rows = storage.read_partition(folder).to_pylist()

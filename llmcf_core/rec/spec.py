@@ -1,4 +1,5 @@
-"""What a recommender model is built from: the data's sizes (``DataSpec``) and hyper-parameters.
+"""What a recommender model is built from: the data's sizes (``DataSpec``); its hyper-parameters are
+``llmcf_core.config.RecModelConfig`` (``rec.model``).
 
 ``DataSpec`` carries the frozen item side information as arrays (text embeddings and genre ids per
 item index), so a model holds everything it needs to score an item id: training, the saved model
@@ -10,8 +11,7 @@ the order of their sorted raw ids; 0 is padding (items) or an unknown user.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -99,57 +99,4 @@ class DataSpec:
             item_text=np.zeros((n_items + 1, int(sizes["text_dim"])), dtype=np.float32),
             item_genres=np.zeros((n_items + 1, max(1, int(sizes["max_genres"]))), dtype=np.int64),
             user_feature_sizes=tuple(int(n) for n in sizes.get("user_features", ())),
-        )
-
-
-@dataclass(frozen=True)
-class HParams:
-    """Model and optimiser settings (defaults: the paper's, METHOD.md "ICT module")."""
-
-    embedding_dim: int = 32
-    mlp_dims: tuple[int, ...] = (200, 80)
-    seq_hidden: int = 64
-    ict_width_ranking: int = 32
-    ict_width_sequential: int = 64
-    ict_layers: int = 2
-    ict_heads: int = 2
-    alpha_ranking: float = 1.0
-    alpha_sequential: float = 1.0
-    seq_fusion_weight: float = 0.1
-    n_negatives: int = 128
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    user_dropout: float = 0.0  # share of train rows whose user id is replaced by unknown (0)
-    seq_loss: str = "sampled"  # next item: "full" softmax over the catalogue or "sampled" (n_negatives)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["mlp_dims"] = list(self.mlp_dims)
-        return out
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> HParams:
-        raw = dict(raw)
-        raw["mlp_dims"] = tuple(raw.get("mlp_dims", (200, 80)))
-        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
-
-    @classmethod
-    def from_config(cls, rec: Any, model: str) -> HParams:
-        """From the ``rec`` config section; ``lr_overrides`` give per-model learning rates."""
-        return cls(
-            embedding_dim=rec.embedding_dim,
-            mlp_dims=tuple(rec.mlp_dims),
-            seq_hidden=rec.seq_hidden,
-            ict_width_ranking=rec.ict_width_ranking,
-            ict_width_sequential=rec.ict_width_sequential,
-            ict_layers=rec.ict_layers,
-            ict_heads=rec.ict_heads,
-            alpha_ranking=rec.alpha_ranking,
-            alpha_sequential=rec.alpha_sequential,
-            seq_fusion_weight=rec.seq_fusion_weight,
-            n_negatives=rec.n_negatives,
-            lr=rec.lr_overrides.get(model, rec.lr),
-            weight_decay=rec.weight_decay,
-            user_dropout=rec.user_dropout,
-            seq_loss=rec.seq_loss,
         )

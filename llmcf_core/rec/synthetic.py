@@ -20,10 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from llmcf_core import storage
-from llmcf_core.cot.layout import write_current
 from llmcf_core.data.samples import SAMPLES_SCHEMA
-from llmcf_core.paths import DataPaths, day_bounds
-from llmcf_core.retrieval.layout import CotVersion, RetrievalPaths
+from llmcf_core.layout import CotVersion, DataPaths, RetrievalPaths, day_bounds, write_current
 
 FIRST_DAY = dt.date(2024, 1, 1)
 SYNTH_COT_VERSION = "synth-cot__v1"
@@ -90,15 +88,14 @@ def write_synthetic_dataset(
                     "occupation": [f"occ{user_group[u]}" for u in range(1, n_users + 1)],
                 }
             ),
-            paths.artifact("users"),
+            paths.users,
             {"dataset": dataset},
         )
-    emb_root = paths.artifact(f"embeddings/{embedder}")
     storage.publish_table(
         pa.table(
             {"item_id": pa.array(np.arange(1, n_items + 1), pa.int64()), "vector": _vec_array(item_vec[1:])}
         ),
-        emb_root / "items",
+        paths.item_vectors(embedder),
         {"dataset": dataset, "embedder": embedder},
     )
 

@@ -37,12 +37,13 @@ import numpy as np
 import torch
 
 from llmcf_core import fsio, raycompute
-from llmcf_core.paths import InvalidArgument
+from llmcf_core.config import RecModelConfig
+from llmcf_core.layout import InvalidArgument
 from llmcf_core.rec import baselines, registry
 from llmcf_core.rec import metrics as M
 from llmcf_core.rec.backbones import RecModel, SequentialModel, build_model, model_class
 from llmcf_core.rec.dataset import RecTables, apply_control, load_tables
-from llmcf_core.rec.spec import VARIANTS, HParams, needs_neighbors
+from llmcf_core.rec.spec import VARIANTS, needs_neighbors
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class RunSpec:
     model: str
     variant: str
     seed: int
-    hp: HParams
+    hp: RecModelConfig  # rec.model with the backbone's lr override (RecConfig.model_for)
     batch_size: int
     eval_batch_size: int
     max_epochs: int
@@ -65,7 +66,7 @@ class RunSpec:
 
     def settings_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["hp"] = self.hp.to_dict()
+        out["hp"] = self.hp.model_dump(mode="json")  # the saved model's meta["hparams"]
         return out
 
 
@@ -406,7 +407,7 @@ def train(
         model=model,
         variant=variant,
         seed=seed,
-        hp=HParams.from_config(rec, model),
+        hp=rec.model_for(model),
         batch_size=rec.batch_size,
         eval_batch_size=rec.eval_batch_size,
         max_epochs=max_epochs or rec.max_epochs,
@@ -479,7 +480,7 @@ def train(
         "cot_version": tables.cot_version,  # the pool and neighbours trained on (None: no examples)
         "until": tables.until,
         "seed": seed,
-        "hparams": run.hp.to_dict(),
+        "hparams": run.hp.model_dump(mode="json"),  # modelio.stored_model_config reads it back
         "spec": tables.spec().sizes(),
         "genres": tables.genres,
         "fingerprint": tables.fingerprint,

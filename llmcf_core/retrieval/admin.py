@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from llmcf_core.config import Settings
-from llmcf_core.paths import InvalidArgument
-from llmcf_core.retrieval.layout import RetrievalPaths, alias_name
+from llmcf_core.layout import InvalidArgument, RetrievalPaths
+from llmcf_core.retrieval.spec import alias_name
 from llmcf_core.retrieval.store import QdrantStore
 
 
@@ -86,7 +86,7 @@ def rollback(settings: Settings, dataset: str) -> dict[str, Any]:
 
 def _follow(settings: Settings, dataset: str, store: QdrantStore, collection: str) -> str | None:
     """Point ``cot/CURRENT`` at the CoT version ``collection`` was built from; returns it."""
-    from llmcf_core.cot.layout import write_current
+    from llmcf_core.layout import write_current
     from llmcf_core.retrieval.promote import model_of
 
     spec = store.spec_of(collection)

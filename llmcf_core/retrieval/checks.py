@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from llmcf_core.paths import day_bounds
+from llmcf_core.layout import day_bounds
 from llmcf_core.quality import CheckReport, Rule, run_rules
 
 if TYPE_CHECKING:

@@ -32,8 +32,7 @@ import pyarrow as pa
 
 from llmcf_core import fsio, storage
 from llmcf_core.config import EmbeddingConfig, Settings
-from llmcf_core.paths import InvalidArgument
-from llmcf_core.retrieval.layout import RetrievalPaths
+from llmcf_core.layout import InvalidArgument, RetrievalPaths
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from llmcf_core.config import Settings
-from llmcf_core.paths import InvalidArgument, parse_partition
+from llmcf_core.layout import (
+    CotVersion,
+    InvalidArgument,
+    RetrievalPaths,
+    parse_partition,
+    resolve_cot_version,
+)
 from llmcf_core.quality.publish import verify_published
-from llmcf_core.retrieval.layout import CotVersion, RetrievalPaths, resolve_cot_version
 
 
 def _check_cot_version(manifest: dict[str, Any], expected: CotVersion, where: str) -> str:

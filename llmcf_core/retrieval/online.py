@@ -31,8 +31,8 @@ import numpy as np
 
 from llmcf_core import storage
 from llmcf_core.config import Settings
+from llmcf_core.layout import RetrievalPaths
 from llmcf_core.retrieval.embed import ItemVectors, history_sums, normalise, read_item_vectors
-from llmcf_core.retrieval.layout import RetrievalPaths
 from llmcf_core.retrieval.pool import load_pool
 from llmcf_core.retrieval.search import LABELS
 

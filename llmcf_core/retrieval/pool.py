@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from llmcf_core import quality, storage
 from llmcf_core.config import Settings
-from llmcf_core.paths import InvalidArgument
+from llmcf_core.layout import POOL, InvalidArgument, RetrievalPaths
 from llmcf_core.quality.publish import publish_checked, reject
 from llmcf_core.retrieval import checks
 from llmcf_core.retrieval.embed import (
@@ -34,7 +34,7 @@ from llmcf_core.retrieval.embed import (
     sample_vectors,
     vectors_to_arrow,
 )
-from llmcf_core.retrieval.layout import PoolSpec, RetrievalPaths
+from llmcf_core.retrieval.spec import PoolSpec
 from llmcf_core.retrieval.store import PoolPoints
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def prepare_pool(settings: Settings, spec: PoolSpec, day: dt.date, items: ItemVe
         reject(
             frame.drop(columns=["history_item_ids"]),
             report,
-            paths.data.quarantine("pool", day),
+            paths.data.quarantine(POOL, day),
             limit=settings.quality.quarantine_max_rows,
         )
 
@@ -218,7 +218,7 @@ def publish_pool(settings: Settings, prepared: PreparedPool, extra: dict[str, An
         paths.pool(prepared.day, prepared.spec.cot),
         prepared.report,
         prepared.metadata(extra),
-        clear=[paths.data.quarantine("pool", prepared.day)],
+        clear=[paths.data.quarantine(POOL, prepared.day)],
     )
 
 

@@ -20,11 +20,11 @@ import datetime as dt
 import logging
 from typing import Any
 
+from llmcf_core import layout as cot_layout
 from llmcf_core import storage
 from llmcf_core.config import Settings
-from llmcf_core.cot import layout as cot_layout
-from llmcf_core.paths import InvalidArgument
-from llmcf_core.retrieval.layout import CotVersion, RetrievalPaths, alias_name, promoted_cot
+from llmcf_core.layout import CotVersion, InvalidArgument, RetrievalPaths, promoted_cot
+from llmcf_core.retrieval.spec import alias_name
 from llmcf_core.retrieval.store import QdrantStore
 from llmcf_core.retrieval.upsert import current_spec, embed_upsert
 

@@ -24,11 +24,10 @@ import numpy as np
 
 from llmcf_core import storage
 from llmcf_core.config import Settings
-from llmcf_core.paths import InvalidArgument, day_bounds
+from llmcf_core.layout import NEIGHBORS, TASKS, InvalidArgument, RetrievalPaths, day_bounds
 from llmcf_core.quality.publish import publish_checked, reject
 from llmcf_core.retrieval import checks
 from llmcf_core.retrieval.embed import ensure_item_vectors, sample_vectors
-from llmcf_core.retrieval.layout import TASKS, PoolSpec, RetrievalPaths
 from llmcf_core.retrieval.pool import PoolIndex, load_pool
 from llmcf_core.retrieval.search import (
     LABELS,
@@ -38,6 +37,7 @@ from llmcf_core.retrieval.search import (
     neighbors_table,
     query_vectors,
 )
+from llmcf_core.retrieval.spec import PoolSpec
 from llmcf_core.retrieval.store import QdrantStore, joint_vectors
 from llmcf_core.retrieval.upsert import current_spec
 
@@ -119,7 +119,7 @@ def retrieve_partition(
     timings["checks_s"] = time.perf_counter() - t0
 
     folder = paths.neighbors(day, task, spec.cot)
-    quarantine = paths.data.quarantine(folder.parent.parent.name, day)
+    quarantine = paths.data.quarantine(NEIGHBORS[task], day)
     if not (report.success and agreement.success):
         reject(
             frame if not report.success else None,

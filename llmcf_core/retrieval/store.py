@@ -36,8 +36,8 @@ import numpy as np
 
 from llmcf_core import fsio
 from llmcf_core.config import QdrantConfig
-from llmcf_core.paths import InvalidArgument
-from llmcf_core.retrieval.layout import URL_ENV, PoolSpec, alias_name, collection_name, generation_of
+from llmcf_core.layout import InvalidArgument
+from llmcf_core.retrieval.spec import URL_ENV, PoolSpec, alias_name, collection_name, generation_of
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient

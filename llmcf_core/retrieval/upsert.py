@@ -28,19 +28,12 @@ from typing import Any
 
 from llmcf_core import quality, storage
 from llmcf_core.config import Settings
-from llmcf_core.paths import InvalidArgument
+from llmcf_core.layout import POOL, InvalidArgument, RetrievalPaths, promoted_cot, resolve_cot_version
 from llmcf_core.quality.publish import reject
 from llmcf_core.retrieval import checks
 from llmcf_core.retrieval.embed import ItemVectors, ensure_item_vectors
-from llmcf_core.retrieval.layout import (
-    PoolSpec,
-    RetrievalPaths,
-    alias_name,
-    generation_of,
-    promoted_cot,
-    resolve_cot_version,
-)
 from llmcf_core.retrieval.pool import PreparedPool, prepare_pool, publish_pool
+from llmcf_core.retrieval.spec import PoolSpec, alias_name, generation_of
 from llmcf_core.retrieval.store import QdrantStore
 
 log = logging.getLogger(__name__)
@@ -204,7 +197,7 @@ def _drop_superseded(store: QdrantStore, spec: PoolSpec, keep: str) -> None:
 
 def _quarantine(paths: RetrievalPaths, day: dt.date, report: quality.CheckReport) -> None:
     """Record a failed store check beside the pool's other quarantines, then raise."""
-    reject(None, report, paths.data.quarantine("pool", day))
+    reject(None, report, paths.data.quarantine(POOL, day))
 
 
 def _published_rows(paths: RetrievalPaths, spec: PoolSpec, exclude: dt.date | None = None) -> int:

@@ -7,7 +7,7 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from llmcf_core.paths import day_bounds
+from llmcf_core.layout import day_bounds
 
 DAY = dt.date(2024, 5, 2)
 

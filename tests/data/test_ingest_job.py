@@ -12,7 +12,7 @@ import pytest
 from jobs import ingest
 from llmcf_core import storage
 from llmcf_core.data.sources import _package_dir
-from llmcf_core.paths import DataPaths, day_bounds
+from llmcf_core.layout import DataPaths, day_bounds
 
 from .conftest import DAY
 

@@ -15,7 +15,7 @@ from llmcf_core import storage
 from llmcf_core.config import DatasetConfig
 from llmcf_core.data import users as users_mod
 from llmcf_core.data.sources import _package_dir, load_users, resolve_source
-from llmcf_core.paths import DataPaths, InvalidArgument
+from llmcf_core.layout import DataPaths, InvalidArgument
 from llmcf_core.quality import check_users
 
 from .conftest import DAY

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from llmcf_core import storage
-from llmcf_core.paths import DataPaths
+from llmcf_core.layout import DataPaths
 
 DAY = dt.date(1998, 1, 15)
 N_SAMPLES = 8

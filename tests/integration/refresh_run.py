@@ -22,9 +22,9 @@ COT_SETTINGS = {
     "backend": "transformers",
     "ray_min_prompts": 100000,
     "pool_fraction": 1,
-    "num_candidates": 1,
-    "max_new_tokens": 8,
-    "min_new_tokens": 4,
+    "decoding.num_candidates": 1,
+    "decoding.max_new_tokens": 8,
+    "decoding.min_new_tokens": 4,
     "min_cot_chars": 1,
     "max_failure_rate": 1,
     "torch_threads": 1,
@@ -47,7 +47,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from llmcf_core.config import load_config
-    from llmcf_core.cot.layout import verify_cot_published, version_name
+    from llmcf_core.cot.versions import verify_cot_published
+    from llmcf_core.layout import version_name
     from llmcf_core.retrieval.gates import verify_neighbors_published, verify_pool_published
 
     base = ["--dataset", args.dataset, "--partition", args.partition]

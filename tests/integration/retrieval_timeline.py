@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from llmcf_core import storage
-from llmcf_core.paths import DataPaths, day_bounds
+from llmcf_core.layout import DataPaths, day_bounds
 
 DATASET = "tiny"
 DAYS = [dt.date(2024, 5, 1), dt.date(2024, 5, 2), dt.date(2024, 5, 3)]

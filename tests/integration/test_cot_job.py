@@ -13,8 +13,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from llmcf_core import storage
-from llmcf_core.cot import layout
+from llmcf_core import layout, storage
+from llmcf_core.cot import versions as cot_versions
 from tests.integration.cot_jobs import DAY, N_SAMPLES, publish_inputs, result_of, submit
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -26,9 +26,9 @@ SMALL = {
     "pool_fraction": 1,
     "block_size": BLOCK,
     "batch_size": BLOCK,
-    "num_candidates": 2,
-    "max_new_tokens": 8,
-    "min_new_tokens": 4,
+    "decoding.num_candidates": 2,
+    "decoding.max_new_tokens": 8,
+    "decoding.min_new_tokens": 4,
     "min_cot_chars": 1,
     "max_failure_rate": 0,
     "actors": 1,
@@ -96,7 +96,9 @@ def test_killed_run_resumes_and_reruns_are_incremental(llmcf_home, ray_head, tin
     assert result["model_version"] == "recgen-20240601-1" and result["generated"] == N_SAMPLES
     assert layout.list_versions(paths, DAY) == ["recgen-20240601-1__v1-lc", "tiny-llama__v1-lc"]
     assert storage.read_partition(final).num_rows == N_SAMPLES
-    gate = layout.verify_cot_published(llmcf_home, "ml-100k", DAY.isoformat(), "recgen-20240601-1", "v1-lc")
+    gate = cot_versions.verify_cot_published(
+        llmcf_home, "ml-100k", DAY.isoformat(), "recgen-20240601-1", "v1-lc"
+    )
     assert gate["model_version"] == "recgen-20240601-1" and gate["rows"] == N_SAMPLES
 
     # 4. Rerunning a finished partition generates nothing and leaves the publication untouched.

@@ -21,11 +21,10 @@ import pytest
 from jobs import embed_upsert as embed_job
 from jobs import ingest, promote_cot
 from jobs import retrieve as retrieve_job
+from llmcf_core import layout as cot_layout
 from llmcf_core import storage
 from llmcf_core.config import REPO_ROOT, load_config
-from llmcf_core.cot import layout as cot_layout
-from llmcf_core.paths import DataPaths
-from llmcf_core.retrieval.layout import CotVersion, RetrievalPaths
+from llmcf_core.layout import CotVersion, DataPaths, RetrievalPaths
 from llmcf_core.retrieval.store import QdrantStore
 
 from .retrieval_timeline import DATASET, DAYS, MODEL, PROMPT, publish_cot, set_current, write_logs
@@ -153,7 +152,7 @@ def test_concurrent_runs_with_other_cot_models_leave_the_pointers_alone(home, se
 
 
 def _spec(settings, model: str):
-    from llmcf_core.retrieval.layout import PoolSpec
+    from llmcf_core.retrieval.spec import PoolSpec
 
     e = settings.embedding
     return PoolSpec(DATASET, e.embedder, e.dim, model, PROMPT)

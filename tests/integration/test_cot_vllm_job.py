@@ -18,8 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from llmcf_core import storage
-from llmcf_core.cot import layout
+from llmcf_core import layout, storage
 from llmcf_core.cot.backend import DEFAULT_VENV_PYTHON, cpu_runs_vllm
 from tests.integration.cot_jobs import DAY, INJECTED, N_SAMPLES, publish_inputs, result_of, submit
 
@@ -35,9 +34,9 @@ SMALL = {
     "ray_min_prompts": 0,  # the Ray Data LLM path; the in-process engine is asked for explicitly
     "pool_fraction": 1,
     "block_size": BLOCK,
-    "num_candidates": 3,
-    "max_new_tokens": 12,
-    "min_new_tokens": 4,
+    "decoding.num_candidates": 3,
+    "decoding.max_new_tokens": 12,
+    "decoding.min_new_tokens": 4,
     "min_cot_chars": 1,
     "max_failure_rate": 0,
     "vllm_batch_size": 8,

@@ -68,7 +68,7 @@ def test_dags_import_cleanly_fast_and_light(af_env):
 @pytest.mark.ray
 def test_dag_run_ingests_a_partition_through_ray(af_env, ray_head, llmcf_home):
     from llmcf_core import storage
-    from llmcf_core.paths import DataPaths, parse_partition
+    from llmcf_core.layout import DataPaths, parse_partition
 
     env = {**af_env, "RAY_ADDRESS": ray_head.dashboard_url}
     airflow_cli(["db", "migrate"], env, capture_output=True)

@@ -44,7 +44,7 @@ from llmcf_airflow.local_env import (
 from llmcf_airflow.ops import AirflowAPI
 from llmcf_core import localray, storage
 from llmcf_core.config import REPO_ROOT
-from llmcf_core.paths import DataPaths, day_bounds
+from llmcf_core.layout import DataPaths, day_bounds
 
 pytestmark = [pytest.mark.airflow, pytest.mark.ray, pytest.mark.slow]
 
@@ -56,9 +56,7 @@ SMALL_COT = {
     "backend": "transformers",  # tiny-llama's head size has no vLLM CPU kernel; vLLM: test_cot_vllm_job.py
     "pool_fraction": 1,
     "ray_min_prompts": 100000,
-    "num_candidates": 1,
-    "max_new_tokens": 8,
-    "min_new_tokens": 4,
+    "decoding": {"num_candidates": 1, "max_new_tokens": 8, "min_new_tokens": 4},
     "min_cot_chars": 1,
     "torch_threads": 1,
 }
@@ -214,9 +212,9 @@ def _runs_version() -> str:
 def _published(home) -> dict[str, object]:
     """What a data root holds: per day the samples' sha256 and the CoT, pool and neighbour ids; the
     Qdrant point count and the sample ids behind the points."""
+    from llmcf_core import layout
     from llmcf_core.config import load_config
-    from llmcf_core.cot import layout
-    from llmcf_core.retrieval.layout import RetrievalPaths
+    from llmcf_core.layout import RetrievalPaths
     from llmcf_core.retrieval.store import QdrantStore
     from llmcf_core.retrieval.upsert import current_spec
 

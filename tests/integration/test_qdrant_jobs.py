@@ -19,12 +19,12 @@ from jobs import ingest
 from jobs import retrieve as retrieve_job
 from llmcf_core import storage
 from llmcf_core.config import load_config
-from llmcf_core.paths import DataPaths, InvalidArgument
+from llmcf_core.layout import CotVersion, DataPaths, InvalidArgument, RetrievalPaths
 from llmcf_core.retrieval import admin, gates
 from llmcf_core.retrieval.embed import read_item_vectors, sample_vectors
-from llmcf_core.retrieval.layout import CotVersion, PoolSpec, RetrievalPaths, alias_name
 from llmcf_core.retrieval.pool import load_pool
 from llmcf_core.retrieval.search import brute_force, query_vectors
+from llmcf_core.retrieval.spec import PoolSpec, alias_name
 from llmcf_core.retrieval.store import QdrantStore
 from llmcf_core.retrieval.upsert import embed_upsert
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from llmcf_core.config import QdrantConfig
-from llmcf_core.paths import InvalidArgument
+from llmcf_core.layout import InvalidArgument
 from llmcf_core.retrieval.embed import normalise
-from llmcf_core.retrieval.layout import PoolSpec, alias_name
 from llmcf_core.retrieval.pool import PoolIndex
 from llmcf_core.retrieval.search import brute_force, query_vectors
+from llmcf_core.retrieval.spec import PoolSpec, alias_name
 from llmcf_core.retrieval.store import PoolPoints, QdrantStore, StoreBusy, point_id
 
 DS = "toy"

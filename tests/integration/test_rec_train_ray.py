@@ -18,7 +18,6 @@ from llmcf_core import fsio
 from llmcf_core.config import load_config
 from llmcf_core.rec import registry
 from llmcf_core.rec.dataset import load_tables
-from llmcf_core.rec.spec import HParams
 from llmcf_core.rec.synthetic import write_synthetic_dataset
 from llmcf_core.rec.train import RunSpec, _fit_ray
 
@@ -67,7 +66,7 @@ def test_two_workers_checkpoint_and_resume(object_store_home, local_ray, capsys)
         "DIN",
         "llmcf",
         0,
-        HParams.from_config(rec, "DIN"),
+        rec.model_for("DIN"),
         rec.batch_size,
         rec.eval_batch_size,
         1,

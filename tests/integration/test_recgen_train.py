@@ -185,7 +185,7 @@ def test_evaluation_writes_the_balance_table_and_the_gate_decides(recgen):
     # On an object store publishing copies the candidate (metadata.json last) and removes it.
     assert not registry.candidate_dir(settings.home, "z2").exists()
 
-    from llmcf_core.cot.layout import resolve_cot_model
+    from llmcf_core.cot.versions import resolve_cot_model
 
     ref = resolve_cot_model("recgen:latest", settings.home)  # the CoT stage loads a local copy
     assert ref.model_version == "recgen-z2" and (ref.path / "config.json").is_file()

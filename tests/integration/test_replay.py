@@ -14,8 +14,8 @@ import pytest
 
 from jobs import replay
 from llmcf_core import storage
-from llmcf_core.paths import DataPaths
-from llmcf_core.retrieval.layout import CotVersion, PoolSpec
+from llmcf_core.layout import CotVersion, DataPaths
+from llmcf_core.retrieval.spec import PoolSpec
 from llmcf_core.retrieval.store import QdrantStore
 from tests.integration.retrieval_timeline import DATASET, DAYS, write_logs
 
@@ -35,10 +35,10 @@ def _argv(logs: list[str], tiny_dir: str, *extra: str) -> list[str]:
         "cot.backend": "transformers",
         "cot.pool_fraction": 1,
         "cot.ray_min_prompts": 1000,
-        "cot.max_new_tokens": 8,
-        "cot.min_new_tokens": 4,
+        "cot.decoding.max_new_tokens": 8,
+        "cot.decoding.min_new_tokens": 4,
         "cot.min_cot_chars": 1,
-        "cot.num_candidates": 1,
+        "cot.decoding.num_candidates": 1,
         "qdrant.verify_queries": 2,
     }
     sets = [a for key, value in small.items() for a in ("--set", f"{key}={value}")]
@@ -82,7 +82,7 @@ def test_replay_runs_every_stage_for_every_day_and_reruns_change_nothing(
     assert set(first["stage_seconds"]) == {"samples_s", "cot_s", "embed_s", "neighbors_s"}
     # --promote: the replay's version is promoted at the end (cot/CURRENT and the alias).
     assert first["cot_version"] == version.folder and first["promoted"]["alias_moved"] is True
-    from llmcf_core.cot.layout import read_current
+    from llmcf_core.layout import read_current
 
     assert read_current(paths)["model_version"] == version.model_version
     with QdrantStore.open(settings.qdrant, llmcf_home, owner="test") as store:

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pandas as pd
 import pytest
 
+from llmcf_core.config import DecodingConfig
 from llmcf_core.cot.blocks import BlockStore, merge_rows, to_table
 from llmcf_core.cot.engine_hf import (
     CANDIDATE_COLUMNS,
-    Decoding,
     TransformersGenerator,
     generate_candidates,
     pick_dtype,
 )
 from llmcf_core.cot.pipeline import BlockCommitter
 
-DECODING = Decoding(do_sample=True, num_candidates=2, max_new_tokens=6, min_new_tokens=2, seed=1)
+DECODING = DecodingConfig(do_sample=True, num_candidates=2, max_new_tokens=6, min_new_tokens=2, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +28,9 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def generator(tiny_dir):
-    return TransformersGenerator(tiny_dir, DECODING.to_dict(), dtype="float32", device="cpu", torch_threads=1)
+    return TransformersGenerator(
+        tiny_dir, DECODING.model_dump(), dtype="float32", device="cpu", torch_threads=1
+    )
 
 
 def _prompts(gen: TransformersGenerator, words: list[int]) -> list[str]:
@@ -66,7 +66,7 @@ def test_generator_returns_n_candidates_per_prompt(generator):
 
 def test_left_padding_makes_batched_equal_to_single(generator):
     """Greedy output of a short prompt is the same alone and next to a much longer one."""
-    greedy = dataclasses.replace(DECODING, do_sample=False, max_new_tokens=5, min_new_tokens=5)
+    greedy = DECODING.model_copy(update={"do_sample": False, "max_new_tokens": 5, "min_new_tokens": 5})
     short, long = _prompts(generator, [1, 30])
     alone = generate_candidates(generator.model, generator.tokenizer, [short], greedy, seed=0)[0]
     batched = generate_candidates(generator.model, generator.tokenizer, [short, long], greedy, seed=0)[0]

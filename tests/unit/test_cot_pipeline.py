@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 
 from jobs import generate_cot
-from llmcf_core import storage
-from llmcf_core.cot import layout
-from llmcf_core.paths import DataPaths
+from llmcf_core import layout, storage
+from llmcf_core.cot import versions as cot_versions
+from llmcf_core.layout import DataPaths
 
 DAY = dt.date(1998, 1, 15)
 
@@ -123,7 +123,7 @@ def test_failed_rows_over_the_threshold_fail_the_check(llmcf_home, tiny_dir, cap
     assert not quarantine.exists() and not blocks.exists()
     assert layout.read_current(paths) is None  # a CoT run never promotes (jobs.promote_cot does)
     with pytest.raises(Exception, match="no CoT version"):
-        layout.verify_cot_published(llmcf_home, "ml-100k", DAY.isoformat())
+        cot_versions.verify_cot_published(llmcf_home, "ml-100k", DAY.isoformat())
 
 
 def test_pool_fraction_and_label_switch_pick_the_version(llmcf_home, tiny_dir, capsys):
@@ -140,7 +140,9 @@ def test_pool_fraction_and_label_switch_pick_the_version(llmcf_home, tiny_dir, c
     result = _result(capsys)
     assert result["prompt_version"] == "v1-nolabel" and 0 < result["pool"] < 40
     assert layout.read_current(paths) is None  # the run wrote its version; nothing was promoted
-    gate = layout.verify_cot_published(llmcf_home, "ml-100k", DAY.isoformat(), "tiny-llama", "v1-nolabel")
+    gate = cot_versions.verify_cot_published(
+        llmcf_home, "ml-100k", DAY.isoformat(), "tiny-llama", "v1-nolabel"
+    )
     assert gate["rows"] == result["pool"] and gate["prompt_version"] == "v1-nolabel"
 
 
@@ -157,7 +159,7 @@ def test_small_pools_generate_in_process_without_ray(llmcf_home, tiny_dir, capsy
         "--set",
         "cot.ray_min_prompts=100",
         "--set",
-        "cot.max_new_tokens=8",
+        "cot.decoding.max_new_tokens=8",
     ]
     assert _run(tiny_dir, *args) == 0
     result = _result(capsys)

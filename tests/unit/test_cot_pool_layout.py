@@ -9,10 +9,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from llmcf_core import storage
-from llmcf_core.cot import layout
+from llmcf_core import layout, storage
+from llmcf_core.cot import versions as cot_versions
 from llmcf_core.cot.pool import hash_unit, in_fraction, select_pool
-from llmcf_core.paths import DataPaths, InvalidArgument
+from llmcf_core.layout import DataPaths, InvalidArgument
 
 DAY = dt.date(1998, 1, 15)
 
@@ -51,17 +51,17 @@ def test_current_pointer_moves_atomically(tmp_path):
 def test_model_current_follows_the_promoted_version(tmp_path):
     paths = DataPaths(tmp_path, "ml-100k")
     # Before any promotion `current` is the configured model; an explicit model is kept as given.
-    assert layout.model_for_run(paths, "current", "smollm2-135m") == "smollm2-135m"
-    assert layout.model_for_run(paths, "tiny-llama", "smollm2-135m") == "tiny-llama"
+    assert cot_versions.model_for_run(paths, "current", "smollm2-135m") == "smollm2-135m"
+    assert cot_versions.model_for_run(paths, "tiny-llama", "smollm2-135m") == "tiny-llama"
     layout.write_current(paths, "recgen-7", "v1-lc", "recgen:7")
     assert layout.read_current(paths) == {
         "model_version": "recgen-7",
         "prompt_version": "v1-lc",
         "model": "recgen:7",
     }
-    assert layout.model_for_run(paths, "current", "smollm2-135m") == "recgen:7"
+    assert cot_versions.model_for_run(paths, "current", "smollm2-135m") == "recgen:7"
     layout.write_current(paths, "old", "v1-lc")  # a pointer without the model: the configured one
-    assert layout.model_for_run(paths, "current", "smollm2-135m") == "smollm2-135m"
+    assert cot_versions.model_for_run(paths, "current", "smollm2-135m") == "smollm2-135m"
 
 
 def _fake_model(folder):
@@ -72,31 +72,31 @@ def _fake_model(folder):
 def test_resolve_recgen_models(tmp_path):
     registry = tmp_path / "models" / "recgen"
     with pytest.raises(InvalidArgument, match="no RecGen model registered"):
-        layout.resolve_cot_model("recgen:latest", tmp_path)
+        cot_versions.resolve_cot_model("recgen:latest", tmp_path)
     _fake_model(registry / "20240501-1")
     _fake_model(registry / "20240601-1")
     (registry / "latest").write_text(json.dumps({"version": "20240601-1"}))
-    latest = layout.resolve_cot_model("recgen:latest", tmp_path)
+    latest = cot_versions.resolve_cot_model("recgen:latest", tmp_path)
     assert latest.path == registry / "20240601-1" and latest.model_version == "recgen-20240601-1"
     assert latest.spec == "recgen:20240601-1"  # resolved: what a promoted version's `--model current` reruns
-    pinned = layout.resolve_cot_model("recgen:20240501-1", tmp_path)
+    pinned = cot_versions.resolve_cot_model("recgen:20240501-1", tmp_path)
     assert pinned.model_version == "recgen-20240501-1"
     for bad in ("recgen:../../x", "recgen:missing"):
         with pytest.raises(InvalidArgument):
-            layout.resolve_cot_model(bad, tmp_path)
-    folder = layout.resolve_cot_model(str(registry / "20240501-1"), tmp_path)
+            cot_versions.resolve_cot_model(bad, tmp_path)
+    folder = cot_versions.resolve_cot_model(str(registry / "20240501-1"), tmp_path)
     assert folder.model_version == "20240501-1"
     with pytest.raises(InvalidArgument, match="unknown model"):
-        layout.resolve_cot_model("no-such-model", tmp_path)
+        cot_versions.resolve_cot_model("no-such-model", tmp_path)
 
 
 def test_gate_checks_the_current_version_of_the_day(tmp_path):
     paths = DataPaths(tmp_path, "ml-100k")
     with pytest.raises(InvalidArgument, match="no CoT version"):
-        layout.verify_cot_published(tmp_path, "ml-100k", DAY.isoformat())
+        cot_versions.verify_cot_published(tmp_path, "ml-100k", DAY.isoformat())
     layout.write_current(paths, "m", "v1-lc")
     with pytest.raises(InvalidArgument, match="not published"):
-        layout.verify_cot_published(tmp_path, "ml-100k", DAY.isoformat())
+        cot_versions.verify_cot_published(tmp_path, "ml-100k", DAY.isoformat())
     folder = layout.version_dir(paths, DAY, "m", "v1-lc")
     meta = {
         "dataset": "ml-100k",
@@ -106,10 +106,10 @@ def test_gate_checks_the_current_version_of_the_day(tmp_path):
     }
     storage.publish_table(pa.table({"x": [1]}), folder, {**meta, "checks": {"success": False}})
     with pytest.raises(InvalidArgument, match="check .checks. did not pass"):
-        layout.verify_cot_published(tmp_path, "ml-100k", DAY.isoformat())
+        cot_versions.verify_cot_published(tmp_path, "ml-100k", DAY.isoformat())
     storage.publish_table(
         pa.table({"x": [1, 2]}), folder, {**meta, "checks": {"success": True}, "failed_rows": 0}
     )
-    out = layout.verify_cot_published(tmp_path, "ml-100k", DAY.isoformat())
+    out = cot_versions.verify_cot_published(tmp_path, "ml-100k", DAY.isoformat())
     assert out["path"] == str(folder) and out["rows"] == 2 and out["model_version"] == "m"
     assert layout.list_versions(paths, DAY) == ["m__v1-lc"]

@@ -15,15 +15,15 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from llmcf_core import storage
-from llmcf_core.cot import layout, report
+from llmcf_core import layout, storage
+from llmcf_core.cot import report
 from llmcf_core.cot.blocks import to_table
 from llmcf_core.data.items import items_to_arrow, render_items
 from llmcf_core.data.samples import SAMPLES_SCHEMA
-from llmcf_core.paths import DataPaths, InvalidArgument
+from llmcf_core.layout import DataPaths, InvalidArgument, RetrievalPaths
 from llmcf_core.retrieval.embed import vectors_to_arrow
-from llmcf_core.retrieval.layout import PoolSpec, RetrievalPaths
 from llmcf_core.retrieval.pool import pool_schema
+from llmcf_core.retrieval.spec import PoolSpec
 
 REPO = Path(__file__).resolve().parents[2]
 DS = "ml-100k"

@@ -9,10 +9,10 @@ import sys
 import pandas as pd
 import pytest
 
-from llmcf_core.config import CONFIG_DIR, load_config_file
+from llmcf_core.config import CONFIG_DIR, DecodingConfig, load_config_file
 from llmcf_core.cot import engine_vllm
-from llmcf_core.cot.engine_hf import CANDIDATE_COLUMNS, Decoding
-from llmcf_core.paths import InvalidArgument
+from llmcf_core.cot.engine_hf import CANDIDATE_COLUMNS
+from llmcf_core.layout import InvalidArgument
 
 
 @pytest.fixture
@@ -30,7 +30,8 @@ def test_cluster_profile_builds_the_processor_config_without_vllm(cluster_cot):
         == cluster_cot.vllm_engine_kwargs["tensor_parallel_size"]
     )
     assert (
-        kwargs["engine_kwargs"]["max_model_len"] >= cluster_cot.max_prompt_tokens + cluster_cot.max_new_tokens
+        kwargs["engine_kwargs"]["max_model_len"]
+        >= cluster_cot.max_prompt_tokens + cluster_cot.decoding.max_new_tokens
     )
     assert (
         kwargs["concurrency"] == cluster_cot.vllm_concurrency
@@ -76,7 +77,7 @@ def tokenizer_dir(tmp_path_factory) -> str:
 
 
 def test_requests_carry_token_ids_and_per_candidate_sampling(tokenizer_dir):
-    decoding = Decoding(num_candidates=3, max_new_tokens=8, min_new_tokens=2, seed=5)
+    decoding = DecodingConfig(num_candidates=3, max_new_tokens=8, min_new_tokens=2, seed=5)
     prompt = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     plan = pd.DataFrame({"sample_id": ["a", "b"], "block": [4, 4], "prompt": [prompt, "P-b"]})
     requests = engine_vllm.expand_candidates(plan, decoding)
@@ -88,7 +89,7 @@ def test_requests_carry_token_ids_and_per_candidate_sampling(tokenizer_dir):
         ["b", 1],
         ["b", 2],
     ]
-    row = engine_vllm.preprocess_row(requests.iloc[1].to_dict(), decoding.to_dict(), tokenizer_dir)
+    row = engine_vllm.preprocess_row(requests.iloc[1].to_dict(), decoding.model_dump(), tokenizer_dir)
     tok = engine_vllm._tokenizer(tokenizer_dir)
     assert row["tokenized_prompt"] == tok(prompt, add_special_tokens=False)["input_ids"]
     assert row["tokenized_prompt"][0] == tok.convert_tokens_to_ids("<|im_start|>")  # no extra BOS
@@ -96,7 +97,7 @@ def test_requests_carry_token_ids_and_per_candidate_sampling(tokenizer_dir):
     assert (params["temperature"], params["top_k"], params["max_tokens"], params["n"]) == (0.6, 50, 8, 1)
     seeds = {engine_vllm.sampling_params(decoding, "a", c)["seed"] for c in range(3)}
     assert len(seeds) == 3  # distinct candidates per sample
-    greedy = engine_vllm.sampling_params(Decoding(do_sample=False), "a", 0)
+    greedy = engine_vllm.sampling_params(DecodingConfig(do_sample=False), "a", 0)
     assert greedy["temperature"] == 0.0 and "seed" not in greedy
 
 
@@ -153,7 +154,7 @@ def test_cpu_clusters_get_cpu_bundles_and_the_vllm_interpreter(cluster_cot):
 def test_one_request_with_n_equals_its_seeded_child_requests():
     """vLLM V1 fans SamplingParams(n=N, seed=s) out into N requests with seeds s..s+N-1: the Ray Data
     path (one output per request) sends those child requests itself."""
-    decoding = Decoding(num_candidates=3, seed=11)
+    decoding = DecodingConfig(num_candidates=3, seed=11)
     whole = engine_vllm.sampling_params(decoding, "u1-i2-3")
     children = [engine_vllm.sampling_params(decoding, "u1-i2-3", c) for c in range(3)]
     assert whole["n"] == 3 and all(c["n"] == 1 for c in children)
@@ -161,7 +162,7 @@ def test_one_request_with_n_equals_its_seeded_child_requests():
     assert {k: v for k, v in whole.items() if k not in ("n", "seed")} == {
         k: v for k, v in children[0].items() if k not in ("n", "seed")
     }
-    assert engine_vllm.sampling_params(Decoding(seed=12), "u1-i2-3")["seed"] != whole["seed"]
+    assert engine_vllm.sampling_params(DecodingConfig(seed=12), "u1-i2-3")["seed"] != whole["seed"]
 
 
 def test_engine_restarts_are_bounded(cluster_cot, tokenizer_dir):

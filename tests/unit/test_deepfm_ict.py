@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from llmcf_core.config import RecModelConfig
 from llmcf_core.rec.backbones import build_model
-from llmcf_core.rec.spec import DataSpec, HParams
+from llmcf_core.rec.spec import DataSpec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/unit/conftest.py
 
 B, K, L, D = 64, 4, 5, 24
-HP = HParams(mlp_dims=(32, 16))
+HP = RecModelConfig(mlp_dims=(32, 16), user_dropout=0.0)
 
 
 @pytest.fixture(scope="module")

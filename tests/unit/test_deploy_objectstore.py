@@ -27,7 +27,7 @@ import pytest
 
 from llmcf_core import fsio, storage
 from llmcf_core.config import CONFIG_DIR, load_config_file
-from llmcf_core.paths import DataPaths, partition_dir_name
+from llmcf_core.layout import DataPaths, partition_dir_name
 
 DAY = dt.date(1998, 1, 15)
 

@@ -647,7 +647,7 @@ def test_verify_published_is_one_strict_gate(tmp_path):
     """Every check task's gate: a manifest, the partition it names, and each named report passed;
     a missing report fails like a failed one (no gate lets an unchecked partition through)."""
     from llmcf_core import storage
-    from llmcf_core.paths import InvalidArgument
+    from llmcf_core.layout import InvalidArgument
     from llmcf_core.quality.publish import verify_published
 
     folder = tmp_path / "samples" / "dt=2024-05-01"

@@ -65,14 +65,15 @@ def test_item_transitions_rank_the_usual_next_item_first():
 def test_tables_carry_history_feedback_and_training_records_the_floor(llmcf_home):
     from llmcf_core import storage
     from llmcf_core.config import load_config
-    from llmcf_core.paths import DataPaths
+    from llmcf_core.layout import DataPaths
     from llmcf_core.rec.dataset import load_tables
     from llmcf_core.rec.synthetic import write_synthetic_dataset
     from llmcf_core.rec.train import train
 
     write_synthetic_dataset(llmcf_home, "synth", n_users=12, n_items=15, days=(3, 1, 1))
     settings = load_config("local")
-    rec = settings.rec.model_copy(update={"embedder": "synth-enc", "mlp_dims": (16, 8)})
+    model = settings.rec.model.model_copy(update={"mlp_dims": (16, 8)})
+    rec = settings.rec.model_copy(update={"embedder": "synth-enc", "model": model})
     settings = settings.model_copy(update={"rec": rec})
     tables = load_tables(settings, "synth", with_icl=False)
     paths = DataPaths(llmcf_home, "synth")

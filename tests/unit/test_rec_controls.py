@@ -10,16 +10,15 @@ import pytest
 import torch
 
 from jobs import experiment
-from llmcf_core.config import CONFIG_DIR, load_config_file
+from llmcf_core.config import CONFIG_DIR, RecModelConfig, load_config_file
 from llmcf_core.rec import metrics, registry, stats
 from llmcf_core.rec.backbones import build_model
 from llmcf_core.rec.dataset import apply_control, load_tables
 from llmcf_core.rec.experiment import merge_runs
-from llmcf_core.rec.spec import HParams
 from llmcf_core.rec.synthetic import write_synthetic_dataset
 from llmcf_core.rec.train import train
 
-HP = HParams(mlp_dims=(32, 16), n_negatives=16, lr=0.01)
+HP = RecModelConfig(mlp_dims=(32, 16), n_negatives=16, lr=0.01, user_dropout=0.0)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/unit/conftest.py

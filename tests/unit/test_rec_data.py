@@ -11,11 +11,10 @@ import pytest
 
 from llmcf_core import storage
 from llmcf_core.config import CONFIG_DIR, load_config_file
-from llmcf_core.paths import DataPaths, InvalidArgument
+from llmcf_core.layout import CotVersion, DataPaths, InvalidArgument, RetrievalPaths
 from llmcf_core.rec import metrics as M
 from llmcf_core.rec.dataset import load_tables, vectors
 from llmcf_core.rec.synthetic import FIRST_DAY, SYNTH_COT_VERSION, write_synthetic_dataset
-from llmcf_core.retrieval.layout import CotVersion, RetrievalPaths
 
 EMBEDDER = "synth-enc"
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmcf_core.config import CONFIG_DIR, load_config_file
+from llmcf_core.config import CONFIG_DIR, RecModelConfig, load_config_file
 from llmcf_core.rec.backbones import MODELS, build_model, model_class
 from llmcf_core.rec.dataset import load_tables
-from llmcf_core.rec.spec import VARIANTS, HParams, uses_icl
+from llmcf_core.rec.spec import VARIANTS, uses_icl
 from llmcf_core.rec.synthetic import write_synthetic_dataset
 
-HP = HParams(mlp_dims=(32, 16), n_negatives=16, lr=0.01)
+HP = RecModelConfig(mlp_dims=(32, 16), n_negatives=16, lr=0.01, user_dropout=0.0, seq_loss="sampled")
 STEPS = 12
 
 
@@ -114,13 +114,11 @@ def test_precomputed_example_tokens_give_the_same_scores(tables_by_task):
 
 
 def test_full_softmax_loss_is_cross_entropy_over_the_whole_catalogue(tables_by_task):
-    import dataclasses
-
     import torch.nn.functional as F
 
     tables = tables_by_task["sequential"]
     torch.manual_seed(0)
-    model = build_model("SASRec", tables.spec(), dataclasses.replace(HP, seq_loss="full"), "base").eval()
+    model = build_model("SASRec", tables.spec(), HP.model_copy(update={"seq_loss": "full"}), "base").eval()
     batch = tables.batch(tables.rows("train")[:16])
     with torch.no_grad():
         loss = model.calculate_loss(batch).task

@@ -12,12 +12,12 @@ import torch
 from jobs import score
 from llmcf_core import storage
 from llmcf_core.config import load_config
+from llmcf_core.layout import CotVersion, RetrievalPaths
 from llmcf_core.rec import registry
 from llmcf_core.rec.dataset import load_tables
 from llmcf_core.rec.scoring import ExactRetriever, RetrievalQuery, Scorer, ScoreRequest
 from llmcf_core.rec.synthetic import SYNTH_COT_VERSION, write_synthetic_dataset
 from llmcf_core.rec.train import train
-from llmcf_core.retrieval.layout import CotVersion, RetrievalPaths
 
 EMBEDDER = "synth-enc"
 
@@ -29,7 +29,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/unit/conftest.
 def rec_settings(llmcf_home):
     write_synthetic_dataset(llmcf_home, "synth", n_users=12, n_items=15, days=(3, 1, 1))
     settings = load_config("local")
-    rec = settings.rec.model_copy(update={"embedder": EMBEDDER, "mlp_dims": (16, 8)})
+    model = settings.rec.model.model_copy(update={"mlp_dims": (16, 8)})
+    rec = settings.rec.model_copy(update={"embedder": EMBEDDER, "model": model})
     return settings.model_copy(update={"rec": rec})
 
 

@@ -3,23 +3,23 @@ graph, order (in)sensitivity, and that each learns a tiny deterministic next-ite
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from llmcf_core.config import RecModelConfig
 from llmcf_core.rec.backbones import MODELS, SequentialModel, build_model
 from llmcf_core.rec.backbones.srgnn import session_graph
-from llmcf_core.rec.spec import DataSpec, HParams
+from llmcf_core.rec.spec import DataSpec
 
 NEW = ("SRGNN", "YoutubeDNN")
 N_ITEMS = 20
 L = 6
 K = 3
 TEXT_DIM = 8
-HP = HParams(seq_hidden=32, ict_width_sequential=32, n_negatives=8, lr=0.01)
+HP = RecModelConfig(seq_hidden=32, ict_width_sequential=32, n_negatives=8, lr=0.01, seq_loss="sampled")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/unit/conftest.py
@@ -207,7 +207,7 @@ def test_learns_a_deterministic_next_item(name):
             target.append((start - 1 + n) % n_items + 1)
     hist = _hist(rows, length)
     batch = {"hist": hist, "item": torch.tensor(target)}
-    hp = dataclasses.replace(HP, seq_loss="full")
+    hp = HP.model_copy(update={"seq_loss": "full"})
     torch.manual_seed(0)
     model = build_model(name, _spec(n_items, length), hp, "base")
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)

@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from jobs import train_rec
-from llmcf_core.config import load_config
+from llmcf_core.config import RecModelConfig, load_config
 from llmcf_core.rec import registry
 from llmcf_core.rec.dataset import load_tables
 from llmcf_core.rec.modelio import load_version
-from llmcf_core.rec.spec import HParams
 from llmcf_core.rec.synthetic import write_synthetic_dataset
 from llmcf_core.rec.train import LocalIO, RunSpec, fit
 
@@ -29,12 +28,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/unit/conftest.
 def rec_settings(llmcf_home):
     write_synthetic_dataset(llmcf_home, "synth", n_users=12, n_items=15, days=(3, 1, 1))
     settings = load_config("local")
-    rec = settings.rec.model_copy(update={"embedder": EMBEDDER, "mlp_dims": (16, 8), "batch_size": 32})
+    model = settings.rec.model.model_copy(update={"mlp_dims": (16, 8)})
+    rec = settings.rec.model_copy(update={"embedder": EMBEDDER, "model": model, "batch_size": 32})
     return settings.model_copy(update={"rec": rec})
 
 
 def _run(max_epochs: int, patience: int = 5) -> RunSpec:
-    return RunSpec("DIN", "llmcf", 0, HParams(mlp_dims=(16, 8)), 32, 256, max_epochs, patience)
+    hp = RecModelConfig(mlp_dims=(16, 8), lr=0.01, user_dropout=0.0)
+    return RunSpec("DIN", "llmcf", 0, hp, 32, 256, max_epochs, patience)
 
 
 def test_local_fit_checkpoints_and_resumes(rec_settings, tmp_path):
@@ -161,8 +162,7 @@ def test_publish_gate(tmp_path):
 def test_publish_gate_serves_only_the_promoted_cot_version(tmp_path):
     """A model trained on another CoT version than the promoted one (a run with another cot_model)
     is never published; before any promotion there is nothing to protect."""
-    from llmcf_core.cot.layout import write_current
-    from llmcf_core.paths import DataPaths
+    from llmcf_core.layout import DataPaths, write_current
 
     home = tmp_path
     _fake_version(home, "on-b", 0.80, cot="m-b__v1-lc")
@@ -179,6 +179,24 @@ def test_publish_gate_serves_only_the_promoted_cot_version(tmp_path):
     assert registry.publish_gate(home, "ml-1m", "DIN", "llmcf", "on-b", tolerance=1.0).published
 
 
+def test_saved_hparams_keep_their_keys_and_old_files_load():
+    from llmcf_core.rec.modelio import stored_model_config
+
+    stored = RecModelConfig(mlp_dims=(16, 8)).model_dump(mode="json")  # model.json and the version hash
+    assert stored["mlp_dims"] == [16, 8] and sorted(stored) == sorted(
+        ["embedding_dim", "mlp_dims", "seq_hidden", "ict_width_ranking", "ict_width_sequential"]
+        + ["ict_layers", "ict_heads", "alpha_ranking", "alpha_sequential", "seq_fusion_weight"]
+        + ["n_negatives", "lr", "weight_decay", "user_dropout", "seq_loss"]
+    )
+    assert stored_model_config(stored, "m/model.json") == RecModelConfig(mlp_dims=(16, 8))
+    # written before user_dropout and seq_loss existed: what those models trained with; unknown keys ignored
+    first = {k: v for k, v in stored.items() if k not in ("user_dropout", "seq_loss")}
+    hp = stored_model_config({**first, "retired": 1}, "m/model.json")
+    assert (hp.mlp_dims, hp.user_dropout, hp.seq_loss) == ((16, 8), 0.0, "sampled")
+    with pytest.raises(ValueError, match="m/model.json: hparams lack embedding_dim"):
+        stored_model_config({k: v for k, v in stored.items() if k != "embedding_dim"}, "m/model.json")
+
+
 def test_vocab_roundtrip_and_unknown_ids(rec_settings):
     from llmcf_core.rec.train import train
 
@@ -186,7 +204,7 @@ def test_vocab_roundtrip_and_unknown_ids(rec_settings):
     loaded = load_version(result.path)
     assert loaded.user_index(np.array([1, 999])).tolist() == [1, 0]  # unknown user -> 0
     assert loaded.item_index(np.array([15, 16])).tolist() == [15, 0]
-    assert loaded.meta["hparams"]["lr"] == pytest.approx(rec_settings.rec.lr)
+    assert loaded.meta["hparams"]["lr"] == pytest.approx(rec_settings.rec.model.lr)
     seq = train(rec_settings, "synth", "SASRec", "base", workers=0, max_epochs=1)
     assert load_version(seq.path).meta["hparams"]["lr"] == pytest.approx(1e-3)  # SASRec's own (lr_overrides)
 

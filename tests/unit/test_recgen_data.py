@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from llmcf_core.layout import day_bounds
 from llmcf_core.llm import instructions, prompts, sharegpt
-from llmcf_core.paths import day_bounds
 
 TRAIN_DAYS = ("1998-01-14", "1998-01-15")
 VALID_DAY = "1998-03-10"  # ml-100k valid_start is 1998-03-08

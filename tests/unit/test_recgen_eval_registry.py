@@ -163,9 +163,10 @@ def test_cluster_profile_names_the_paper_setting():
 
 
 def test_batches_cover_each_example_once_per_epoch_and_are_deterministic():
+    from llmcf_core.config import RecgenConfig
     from llmcf_core.llm.sft_worker import rows_for
 
-    cfg = {"micro_batch_size": 2, "grad_accum": 3, "world_size": 2, "seed": 7}
+    cfg = RecgenConfig(micro_batch_size=2, grad_accum=3, num_workers=2, seed=7)
     n = 24  # one epoch = 2 steps of 12
     seen = [
         i

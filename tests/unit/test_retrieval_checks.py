@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmcf_core.paths import day_bounds
+from llmcf_core.layout import day_bounds
 from llmcf_core.retrieval import checks
 from llmcf_core.retrieval.embed import ItemVectors
 from llmcf_core.retrieval.search import exact_search, neighbors_table, query_vectors

@@ -12,17 +12,9 @@ import pytest
 from llmcf_airflow.qdrant_conn import _url
 from llmcf_core import storage
 from llmcf_core.config import load_config
-from llmcf_core.paths import InvalidArgument
+from llmcf_core.layout import CotVersion, InvalidArgument, RetrievalPaths, read_current_cot
 from llmcf_core.retrieval import gates
-from llmcf_core.retrieval.layout import (
-    CotVersion,
-    PoolSpec,
-    RetrievalPaths,
-    alias_name,
-    collection_name,
-    generation_of,
-    read_current_cot,
-)
+from llmcf_core.retrieval.spec import PoolSpec, alias_name, collection_name, generation_of
 
 SPEC = PoolSpec("ml-100k", "minilm-l6-v2", 384, "recgen-2024-05-01", "v1-lc")
 
@@ -44,7 +36,7 @@ def test_cot_version_pointer_and_parsing(tmp_path):
     paths.cot_pointer.write_text(json.dumps({"model_version": "m1", "prompt_version": "p1"}))
     assert read_current_cot(paths) == CotVersion("m1", "p1")
     paths.cot_pointer.write_text(json.dumps({"model_version": "../etc", "prompt_version": "p1"}))
-    with pytest.raises(InvalidArgument, match="invalid model_version"):
+    with pytest.raises(InvalidArgument, match="invalid CoT model_version"):
         read_current_cot(paths)
     assert CotVersion.parse("m1__p1") == CotVersion("m1", "p1")
     with pytest.raises(InvalidArgument):

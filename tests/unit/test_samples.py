@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from llmcf_core.data.samples import HistoryInputError, build_samples, rows_for_partition, split_of
-from llmcf_core.paths import day_bounds
+from llmcf_core.layout import day_bounds
 
 DAY = dt.date(2024, 5, 2)
 D0, _ = day_bounds(dt.date(2024, 5, 1))

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 from llmcf_core import storage
-from llmcf_core.config import CONFIG_DIR, load_config_file
-from llmcf_core.paths import DataPaths, InvalidArgument, check_dataset_name, parse_partition
+from llmcf_core.config import CONFIG_DIR, DecodingConfig, load_config_file, with_overrides
+from llmcf_core.layout import DataPaths, InvalidArgument, check_dataset_name, parse_partition
 
 
 def test_publish_is_atomic_and_idempotent(tmp_path):
@@ -80,3 +80,64 @@ def test_config_rejects_unknown_keys(tmp_path):
     bad.write_text("datasets: {}\nray: {adress: x}\n")
     with pytest.raises(Exception, match="adress"):
         load_config_file(bad)
+
+
+def test_overrides_reach_nested_sections(llmcf_home):
+    base = load_config_file(CONFIG_DIR / "local.yaml")
+    s = with_overrides(
+        base, ["cot.decoding.max_new_tokens=128", "cot.decoding.do_sample=false", "cot.block_size=8"]
+    )
+    assert s.cot.decoding.max_new_tokens == 128 and s.cot.block_size == 8
+    assert s.cot.decoding.candidates == 1  # greedy: one candidate whatever num_candidates says
+    assert s.cot.decoding.num_candidates == base.cot.decoding.num_candidates  # the rest is kept
+    assert base.cot.decoding.max_new_tokens != 128  # the loaded settings are not changed
+    mapping = with_overrides(base, ["cot.vllm_engine_kwargs={tensor_parallel_size: 2}"])
+    assert mapping.cot.vllm_engine_kwargs == {"tensor_parallel_size": 2}  # a dict field is set whole
+    deep = with_overrides(base, ["cot.vllm_engine_kwargs.enforce_eager=false"])
+    assert deep.cot.vllm_engine_kwargs == {**base.cot.vllm_engine_kwargs, "enforce_eager": False}
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        ("cot.decoding.nosuch=1", "nosuch"),  # unknown field of a nested section
+        ("cot.decoding.max_new_tokens=0", "max_new_tokens"),  # a bad value
+        ("cot.nosuch.max_new_tokens=1", "SECTION.FIELD=VALUE"),  # unknown nested section
+        ("cot.model.x=1", "SECTION.FIELD=VALUE"),  # a plain field is no section
+        ("nosuch.field=1", "SECTION.FIELD=VALUE"),
+        ("max_new_tokens=1", "SECTION.FIELD=VALUE"),
+        ("cot..max_new_tokens=1", "SECTION.FIELD=VALUE"),
+        ("cot.decoding.=1", "SECTION.FIELD=VALUE"),
+        ("cot.max_new_tokens=128", "cot.decoding.max_new_tokens"),  # the old flat key points to the new one
+    ],
+)
+def test_bad_overrides_are_refused_clearly(llmcf_home, pair, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        with_overrides(load_config_file(CONFIG_DIR / "local.yaml"), [pair])
+
+
+def test_decoding_is_recorded_with_the_same_keys_as_before():
+    """CoT manifests record ``cot.decoding.model_dump()``: the keys and order of the former dataclass."""
+    assert list(DecodingConfig().model_dump()) == [
+        "do_sample",
+        "temperature",
+        "top_k",
+        "top_p",
+        "num_candidates",
+        "max_new_tokens",
+        "min_new_tokens",
+        "seed",
+    ]
+    assert DecodingConfig(do_sample=False, num_candidates=3).candidates == 1
+
+
+def test_rec_model_section_per_backbone_lr_and_moved_keys(llmcf_home, tmp_path):
+    s = with_overrides(load_config_file(CONFIG_DIR / "local.yaml"), ["rec.model.lr=2e-3"])
+    assert s.rec.model.lr == 2e-3 and s.rec.model_for("DIN") == s.rec.model  # no override for DIN
+    sasrec = s.rec.model_for("SASRec")  # lr_overrides replace model.lr, nothing else
+    assert sasrec.lr == s.rec.lr_overrides["SASRec"] != s.rec.model.lr
+    assert sasrec.model_dump(exclude={"lr"}) == s.rec.model.model_dump(exclude={"lr"})
+    old = tmp_path / "old.yaml"
+    old.write_text("datasets: {}\nrec: {lr: 0.001, batch_size: 64}\n")
+    with pytest.raises(Exception, match=r"rec\.lr is now rec\.model\.lr"):
+        load_config_file(old)

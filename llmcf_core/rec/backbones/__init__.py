@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmcf_core.config import RecModelConfig
 from llmcf_core.rec.backbones.autoint import AutoInt
 from llmcf_core.rec.backbones.base import Batch, LossTerms, RankingModel, RecModel, SequentialModel
 from llmcf_core.rec.backbones.dcn import DCN
@@ -20,7 +21,7 @@ from llmcf_core.rec.backbones.sasrec import SASRec
 from llmcf_core.rec.backbones.srgnn import SRGNN
 from llmcf_core.rec.backbones.xdeepfm import xDeepFM
 from llmcf_core.rec.backbones.youtubednn import YoutubeDNN
-from llmcf_core.rec.spec import DataSpec, HParams
+from llmcf_core.rec.spec import DataSpec
 
 MODELS: dict[str, type[RecModel]] = {
     cls.__name__: cls
@@ -47,7 +48,7 @@ def model_class(name: str) -> type[RecModel]:
     raise ValueError(f"unknown model {name!r}: use one of {', '.join(MODELS)}")
 
 
-def build_model(name: str, spec: DataSpec, hp: HParams, variant: str) -> RecModel:
+def build_model(name: str, spec: DataSpec, hp: RecModelConfig, variant: str) -> RecModel:
     """A freshly initialised backbone (RecBole's init: Xavier-normal weights, zero biases)."""
     model = model_class(name)(spec, hp, variant)
     model.apply(_init_weights)

@@ -9,16 +9,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmcf_core.config import RecModelConfig
 from llmcf_core.rec.backbones.base import RankingModel, mlp, with_ict
 from llmcf_core.rec.fields import RankingFieldEmbeddings
-from llmcf_core.rec.spec import DataSpec, HParams
+from llmcf_core.rec.spec import DataSpec
 
 LAYERS = 2
 HEADS = 2
 
 
 class AutoInt(RankingModel):
-    def __init__(self, spec: DataSpec, hp: HParams, variant: str) -> None:
+    def __init__(self, spec: DataSpec, hp: RecModelConfig, variant: str) -> None:
         super().__init__(spec, hp, variant)
         E = hp.embedding_dim
         self.interacting = nn.ModuleList(

@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmcf_core.config import RecModelConfig
 from llmcf_core.rec.fields import RankingFieldEmbeddings, RankingFields, SequentialFields
 from llmcf_core.rec.ict import InContextModule, ict_config_for
-from llmcf_core.rec.spec import VARIANTS, DataSpec, HParams, uses_text
+from llmcf_core.rec.spec import VARIANTS, DataSpec, uses_text
 
 Batch = dict[str, torch.Tensor]
 
@@ -58,7 +59,7 @@ def mlp(d_in: int, dims: tuple[int, ...]) -> nn.Sequential:
 class RecModel(nn.Module):
     task: ClassVar[str]
 
-    def __init__(self, spec: DataSpec, hp: HParams, variant: str) -> None:
+    def __init__(self, spec: DataSpec, hp: RecModelConfig, variant: str) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}: use one of {', '.join(VARIANTS)}")
@@ -103,7 +104,7 @@ class RankingModel(RecModel):
 
     task = "ranking"
 
-    def __init__(self, spec: DataSpec, hp: HParams, variant: str) -> None:
+    def __init__(self, spec: DataSpec, hp: RecModelConfig, variant: str) -> None:
         super().__init__(spec, hp, variant)
         self.fields = RankingFields(spec, hp.embedding_dim, with_text=uses_text(variant))
         cfg = ict_config_for(
@@ -163,7 +164,7 @@ class SequentialModel(RecModel):
 
     task = "sequential"
 
-    def __init__(self, spec: DataSpec, hp: HParams, variant: str) -> None:
+    def __init__(self, spec: DataSpec, hp: RecModelConfig, variant: str) -> None:
         super().__init__(spec, hp, variant)
         self.hidden = hp.seq_hidden
         self.fields = SequentialFields(spec, hp.seq_hidden, with_text=variant not in ("base", "base_notext"))

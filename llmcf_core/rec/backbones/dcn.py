@@ -9,15 +9,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmcf_core.config import RecModelConfig
 from llmcf_core.rec.backbones.base import RankingModel, mlp, with_ict
 from llmcf_core.rec.fields import RankingFieldEmbeddings
-from llmcf_core.rec.spec import DataSpec, HParams
+from llmcf_core.rec.spec import DataSpec
 
 CROSS_LAYERS = 3
 
 
 class DCN(RankingModel):
-    def __init__(self, spec: DataSpec, hp: HParams, variant: str) -> None:
+    def __init__(self, spec: DataSpec, hp: RecModelConfig, variant: str) -> None:
         super().__init__(spec, hp, variant)
         d0 = self.n_fields * hp.embedding_dim + self.ict_dim
         self.cross_w = nn.Parameter(torch.randn(CROSS_LAYERS, d0) * d0**-0.5)

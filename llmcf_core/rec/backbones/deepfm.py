@@ -22,13 +22,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from llmcf_core.config import RecModelConfig
 from llmcf_core.rec.backbones.base import RankingModel, mlp, with_ict
 from llmcf_core.rec.fields import RankingFieldEmbeddings
-from llmcf_core.rec.spec import DataSpec, HParams
+from llmcf_core.rec.spec import DataSpec
 
 
 class DeepFM(RankingModel):
-    def __init__(self, spec: DataSpec, hp: HParams, variant: str) -> None:
+    def __init__(self, spec: DataSpec, hp: RecModelConfig, variant: str) -> None:
         super().__init__(spec, hp, variant)
         d_fields = self.n_fields * hp.embedding_dim
         self.first_order = nn.Linear(d_fields, 1)

@@ -6,14 +6,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmcf_core.config import RecModelConfig
 from llmcf_core.rec.backbones.base import SequentialModel
-from llmcf_core.rec.spec import DataSpec, HParams
+from llmcf_core.rec.spec import DataSpec
 
 DROPOUT = 0.2
 
 
 class GRU4Rec(SequentialModel):
-    def __init__(self, spec: DataSpec, hp: HParams, variant: str) -> None:
+    def __init__(self, spec: DataSpec, hp: RecModelConfig, variant: str) -> None:
         super().__init__(spec, hp, variant)
         H = hp.seq_hidden
         self.dropout = nn.Dropout(DROPOUT)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmcf_core.config import RecModelConfig
 from llmcf_core.rec.backbones.base import SequentialModel
-from llmcf_core.rec.spec import DataSpec, HParams
+from llmcf_core.rec.spec import DataSpec
 
 LAYERS = 2
 HEADS = 2
@@ -19,7 +20,7 @@ DROPOUT = 0.2
 
 
 class SASRec(SequentialModel):
-    def __init__(self, spec: DataSpec, hp: HParams, variant: str) -> None:
+    def __init__(self, spec: DataSpec, hp: RecModelConfig, variant: str) -> None:
         super().__init__(spec, hp, variant)
         H = hp.seq_hidden
         self.position = nn.Embedding(spec.history_len, H)

@@ -23,8 +23,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from llmcf_core.config import RecModelConfig
 from llmcf_core.rec.backbones.base import SequentialModel
-from llmcf_core.rec.spec import DataSpec, HParams
+from llmcf_core.rec.spec import DataSpec
 
 STEPS = 1
 DROPOUT = 0.2
@@ -95,7 +96,7 @@ class GatedGNN(nn.Module):
 
 
 class SRGNN(SequentialModel):
-    def __init__(self, spec: DataSpec, hp: HParams, variant: str) -> None:
+    def __init__(self, spec: DataSpec, hp: RecModelConfig, variant: str) -> None:
         super().__init__(spec, hp, variant)
         H = hp.seq_hidden
         self.dropout = nn.Dropout(DROPOUT)

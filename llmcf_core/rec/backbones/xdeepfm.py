@@ -10,15 +10,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmcf_core.config import RecModelConfig
 from llmcf_core.rec.backbones.base import RankingModel, mlp, with_ict
 from llmcf_core.rec.fields import RankingFieldEmbeddings
-from llmcf_core.rec.spec import DataSpec, HParams
+from llmcf_core.rec.spec import DataSpec
 
 CIN_SIZES = (64, 64)
 
 
 class xDeepFM(RankingModel):  # noqa: N801 - the paper's name
-    def __init__(self, spec: DataSpec, hp: HParams, variant: str) -> None:
+    def __init__(self, spec: DataSpec, hp: RecModelConfig, variant: str) -> None:
         super().__init__(spec, hp, variant)
         m = self.n_fields
         d_fields = m * hp.embedding_dim

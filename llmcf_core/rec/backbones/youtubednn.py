@@ -8,16 +8,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmcf_core.config import RecModelConfig
 from llmcf_core.rec.backbones.base import SequentialModel, mlp
 from llmcf_core.rec.fields import masked_mean
-from llmcf_core.rec.spec import DataSpec, HParams
+from llmcf_core.rec.spec import DataSpec
 
 HIDDEN_MULT = 2  # the tower [2H, H]
 DROPOUT = 0.2
 
 
 class YoutubeDNN(SequentialModel):
-    def __init__(self, spec: DataSpec, hp: HParams, variant: str) -> None:
+    def __init__(self, spec: DataSpec, hp: RecModelConfig, variant: str) -> None:
         super().__init__(spec, hp, variant)
         H = hp.seq_hidden
         self.dropout = nn.Dropout(DROPOUT)
