@@ -43,7 +43,7 @@ from llmcf_core.rec import baselines, registry
 from llmcf_core.rec import metrics as M
 from llmcf_core.rec.backbones import RecModel, SequentialModel, build_model, model_class
 from llmcf_core.rec.dataset import RecTables, apply_control, load_tables
-from llmcf_core.rec.spec import VARIANTS, needs_neighbors
+from llmcf_core.rec.spec import VARIANTS, needs_neighbors, uses_icl
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ class RunSpec:
     def settings_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["hp"] = self.hp.model_dump(mode="json")  # the saved model's meta["hparams"]
+        if uses_icl(self.variant):  # starts from the base's weights (build_model): a new version
+            out["init"] = "shared-with-base"
         return out
 
 
@@ -234,8 +236,7 @@ def fit(
 ) -> dict[str, Any]:
     """Train with early stopping; returns the final state (best weights, metrics)."""
     torch.set_num_threads(max(1, run.threads))
-    torch.manual_seed(run.seed)
-    model = build_model(run.model, tables.spec(), run.hp, run.variant)
+    model = build_model(run.model, tables.spec(), run.hp, run.variant, seed=run.seed)
     primary = M.PRIMARY_METRIC[model.task]
     optimizer = torch.optim.Adam(model.parameters(), lr=run.hp.lr, weight_decay=run.hp.weight_decay)
 

@@ -124,3 +124,17 @@ def test_full_softmax_loss_is_cross_entropy_over_the_whole_catalogue(tables_by_t
         loss = model.calculate_loss(batch).task
         want = F.cross_entropy(model.full_sort_predict(batch), batch["item"] - 1)
     torch.testing.assert_close(loss, want)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_an_ict_variant_starts_from_the_base_weights_of_its_seed(tables_by_task, name):
+    """Paired llmcf - base runs differ by the ICT, not by a second random initialisation."""
+    tables = tables_by_task[model_class(name).task]
+    base = build_model(name, tables.spec(), HP, "base", seed=3).state_dict()
+    for variant in ("llmcf", "llmcf_k0"):
+        ict = build_model(name, tables.spec(), HP, variant, seed=3).state_dict()
+        shared = [k for k in base if k in ict and ict[k].shape == base[k].shape]
+        assert len(shared) >= 3 and len(ict) > len(shared)  # the ICT's own weights are extra
+        assert all(torch.equal(base[k], ict[k]) for k in shared), name
+    other = build_model(name, tables.spec(), HP, "base", seed=4).state_dict()
+    assert not all(torch.equal(base[k], other[k]) for k in base)  # the seed still matters

@@ -21,7 +21,7 @@ from llmcf_core.rec.backbones.sasrec import SASRec
 from llmcf_core.rec.backbones.srgnn import SRGNN
 from llmcf_core.rec.backbones.xdeepfm import xDeepFM
 from llmcf_core.rec.backbones.youtubednn import YoutubeDNN
-from llmcf_core.rec.spec import DataSpec
+from llmcf_core.rec.spec import DataSpec, uses_icl
 
 MODELS: dict[str, type[RecModel]] = {
     cls.__name__: cls
@@ -48,10 +48,29 @@ def model_class(name: str) -> type[RecModel]:
     raise ValueError(f"unknown model {name!r}: use one of {', '.join(MODELS)}")
 
 
-def build_model(name: str, spec: DataSpec, hp: RecModelConfig, variant: str) -> RecModel:
-    """A freshly initialised backbone (RecBole's init: Xavier-normal weights, zero biases)."""
+def build_model(
+    name: str, spec: DataSpec, hp: RecModelConfig, variant: str, seed: int | None = None
+) -> RecModel:
+    """A freshly initialised backbone (RecBole's init: Xavier-normal weights, zero biases).
+
+    With ``seed``, an ICT variant (``llmcf*``) starts from exactly the weights the ``base`` variant
+    of the same seed starts from, wherever the two share a parameter (same name and shape): the
+    paired comparison llmcf - base then differs by the ICT and its inputs, not by a second random
+    initialisation. Only the ICT's own parameters (and the text projection a sequential base lacks)
+    come from the seed's stream after that.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
     model = model_class(name)(spec, hp, variant)
     model.apply(_init_weights)
+    if seed is not None and uses_icl(variant):
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            base = model_class(name)(spec, hp, "base")
+            base.apply(_init_weights)
+        own = model.state_dict()
+        shared = {k: v for k, v in base.state_dict().items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(shared, strict=False)
     return model
 
 
