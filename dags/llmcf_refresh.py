@@ -141,12 +141,13 @@ def _verify_cot(partition: str, job: dict | None, params: dict) -> dict:
     """The CoT version the job wrote for the day is published with passing checks; returns it as
     ``cot_version`` for embed, retrieve and the recommender."""
     from llmcf_core.cot.versions import verify_cot_published
-    from llmcf_core.layout import version_name
+    from llmcf_core.layout import CotVersion
 
-    result = job_result(job, "model_version", "prompt_version")
-    mv, pv = result["model_version"], result["prompt_version"]
-    checked = verify_cot_published(SETTINGS.home, params["dataset"], partition, mv, pv)
-    return {**checked, "cot_version": version_name(mv, pv)}
+    version = CotVersion.parse(job_result(job, "cot_version")["cot_version"])
+    checked = verify_cot_published(
+        SETTINGS.home, params["dataset"], partition, version.model_version, version.prompt_version
+    )
+    return {**checked, "cot_version": version.folder}
 
 
 def _verify_pool(partition: str, job: dict | None, params: dict) -> dict:

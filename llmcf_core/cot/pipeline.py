@@ -74,6 +74,8 @@ class CotResult:
         out["tokens_per_s"] = (
             round(self.generated_tokens / self.generation_s, 2) if self.generation_s else None
         )
+        # what the run wrote, as the later stages take it (--cot-version MODEL__PROMPT)
+        out["cot_version"] = layout.CotVersion(self.model_version, self.prompt_version).folder
         return out
 
 

@@ -54,7 +54,8 @@ def main() -> int:
     base = ["--dataset", args.dataset, "--partition", args.partition]
     sets = [x for k, v in COT_SETTINGS.items() for x in ("--set", f"cot.{k}={v}")]
     cot = _job("jobs.generate_cot", [*base, "--model", args.model, *sets])
-    version = version_name(cot["model_version"], cot["prompt_version"])
+    version = cot["cot_version"]  # as the DAG's check_cot takes it from the job's result
+    assert version == version_name(cot["model_version"], cot["prompt_version"])
     settings = load_config()
     gates = {
         "cot": verify_cot_published(

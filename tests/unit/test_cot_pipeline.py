@@ -139,6 +139,7 @@ def test_pool_fraction_and_label_switch_pick_the_version(llmcf_home, tiny_dir, c
     assert _run(tiny_dir, *args) == 0
     result = _result(capsys)
     assert result["prompt_version"] == "v1-nolabel" and 0 < result["pool"] < 40
+    assert result["cot_version"] == "tiny-llama__v1-nolabel"  # what check_cot passes on
     assert layout.read_current(paths) is None  # the run wrote its version; nothing was promoted
     gate = cot_versions.verify_cot_published(
         llmcf_home, "ml-100k", DAY.isoformat(), "tiny-llama", "v1-nolabel"
