@@ -375,6 +375,7 @@ def generate_cot_partition(
         max_new_tokens=cfg.decoding.max_new_tokens,
         min_chars=cfg.min_cot_chars,
         max_failure_rate=cfg.max_failure_rate,
+        max_failed_rows=cfg.max_failed_rows,
         forbidden=forbidden,
     )
     quarantine_dir = paths.quarantine(COT, day)

@@ -31,6 +31,7 @@ SMALL = {
     "decoding.min_new_tokens": 4,
     "min_cot_chars": 1,
     "max_failure_rate": 0,
+    "max_failed_rows": 0,
     "actors": 1,
     "cpus_per_actor": 0.5,
     "torch_threads": 1,

@@ -39,6 +39,7 @@ SMALL = {
     "decoding.min_new_tokens": 4,
     "min_cot_chars": 1,
     "max_failure_rate": 0,
+    "max_failed_rows": 0,
     "vllm_batch_size": 8,
 }
 MV, PV = "smollm2-135m", "v1-lc"

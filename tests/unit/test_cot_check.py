@@ -34,7 +34,7 @@ def _good() -> pd.DataFrame:
     return to_table(rows).to_pandas()  # the dtypes the pipeline checks
 
 
-def _check(df: pd.DataFrame, max_failure_rate: float = 0.25):
+def _check(df: pd.DataFrame, max_failure_rate: float = 0.25, max_failed_rows: int = 0):
     return check_cot(
         df,
         dataset="ml-100k",
@@ -45,6 +45,7 @@ def _check(df: pd.DataFrame, max_failure_rate: float = 0.25):
         max_new_tokens=64,
         min_chars=10,
         max_failure_rate=max_failure_rate,
+        max_failed_rows=max_failed_rows,
         forbidden=FORBIDDEN,
     )
 
@@ -122,6 +123,15 @@ def test_failure_rate_above_threshold_fails():
     assert _failed_rules(report) == ["expect_failure_rate_to_be_at_most(0.25)"]
     assert "0.5" in report.failures[0].detail
     assert _check(df, max_failure_rate=0.5).success
+
+
+def test_a_floor_of_failed_rows_lets_small_partitions_pass():
+    """A 1% pool has ~10 prompts a day: one failed CoT must not stop a replay at a 5% rate."""
+    one, two = _fail(_good(), 0), _fail(_fail(_good(), 0), 1)
+    assert not _check(one, max_failure_rate=0.05).success  # 25% > 5%, no floor
+    assert _check(one, max_failure_rate=0.05, max_failed_rows=1).success
+    report = _check(two, max_failure_rate=0.05, max_failed_rows=1)
+    assert _failed_rules(report) == ["expect_failure_rate_to_be_at_most(0.05, or 1 failed rows)"]
 
 
 def test_empty_pool_publishes_an_empty_table():

@@ -104,7 +104,9 @@ def test_failed_rows_over_the_threshold_fail_the_check(llmcf_home, tiny_dir, cap
     assert _run(tiny_dir) == 3
     quarantine = paths.quarantine("cot", DAY)
     report = storage.read_manifest(quarantine)["report"]
-    assert [f["rule"] for f in report["failures"]] == ["expect_failure_rate_to_be_at_most(0.05)"]
+    assert [f["rule"] for f in report["failures"]] == [
+        "expect_failure_rate_to_be_at_most(0.05, or 1 failed rows)"
+    ]
     assert layout.list_versions(paths, DAY) == [] and layout.read_current(paths) is None
     blocks = layout.blocks_dir(paths, DAY, "tiny-llama", "v1-lc")
     assert sorted(p.name for p in blocks.iterdir()) == ["block-00000.parquet"]  # kept for the rerun
