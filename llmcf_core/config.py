@@ -109,6 +109,15 @@ class DemoConfig(_Strict):
     bootstrap_from: dt.date | None = dt.date(1997, 9, 20)
 
 
+def _refuse_moved(data: Any, section: str, sub: str, model: type[BaseModel]) -> Any:
+    """Fields that moved from ``section`` into its sub-model ``sub``: a clear error naming the new key."""
+    if isinstance(data, dict):
+        moved = sorted(set(data) & set(model.model_fields))
+        if moved:
+            raise ValueError("; ".join(f"{section}.{k} is now {section}.{sub}.{k}" for k in moved))
+    return data
+
+
 class DecodingConfig(_Strict):
     """CoT decoding (``cot.decoding``), used as it is by both backends and recorded in CoT manifests.
 
@@ -185,11 +194,7 @@ class CotConfig(_Strict):
     @classmethod
     def _moved_decoding_fields(cls, data: Any) -> Any:
         """A profile written before ``cot.decoding`` existed fails with a pointer to the new key."""
-        if isinstance(data, dict):
-            moved = sorted(set(data) & set(DecodingConfig.model_fields))
-            if moved:
-                raise ValueError("; ".join(f"cot.{k} is now cot.decoding.{k}" for k in moved))
-        return data
+        return _refuse_moved(data, "cot", "decoding", DecodingConfig)
 
 
 class EmbeddingConfig(_Strict):
@@ -352,11 +357,7 @@ class RecConfig(_Strict):
     @classmethod
     def _moved_model_fields(cls, data: Any) -> Any:
         """A profile written before ``rec.model`` existed fails with a pointer to the new key."""
-        if isinstance(data, dict):
-            moved = sorted(set(data) & set(RecModelConfig.model_fields))
-            if moved:
-                raise ValueError("; ".join(f"rec.{k} is now rec.model.{k}" for k in moved))
-        return data
+        return _refuse_moved(data, "rec", "model", RecModelConfig)
 
 
 def _home_path(value: Any) -> Any:
