@@ -240,10 +240,6 @@ class DataPaths:
         return self.artifact(QUARANTINE) / artifact / partition_dir_name(day)
 
     @property
-    def quarantine_root(self) -> Path:
-        return self.artifact(QUARANTINE)
-
-    @property
     def items(self) -> Path:
         return self.artifact(ITEMS)
 
