@@ -34,7 +34,7 @@ import re
 import shlex
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -210,7 +210,8 @@ def _status(info: JobDetails) -> str:
 
 @dataclass
 class Attempt:
-    """What ``attach_or_submit`` decided: ``action`` is submitted, attached or already_succeeded."""
+    """What ``attach_or_submit`` decided: ``action`` is submitted, attached, already_succeeded or
+    already_failed."""
 
     submission_id: str
     action: str
@@ -229,6 +230,14 @@ def list_attempts(client: JobSubmissionClient, base: str) -> list[tuple[str, Job
     return found
 
 
+def _failed_for_good_in(info: JobDetails, same_run: Mapping[str, Any] | None) -> bool:
+    """The attempt FAILED with a non-retryable exit code and was submitted by the run ``same_run`` names."""
+    if not same_run or _status(info) != "FAILED" or _exit_code(info) not in NON_RETRYABLE_EXIT_CODES:
+        return False
+    meta = getattr(info, "metadata", None) or {}
+    return all(meta.get(k) == str(v) for k, v in same_run.items())
+
+
 def attach_or_submit(
     client: JobSubmissionClient,
     base: str,
@@ -238,10 +247,19 @@ def attach_or_submit(
     metadata: dict[str, str] | None = None,
     entrypoint_num_cpus: float = 0,
     force: bool = False,
+    same_run: Mapping[str, Any] | None = None,
     logger: logging.Logger | Any = log,
 ) -> Attempt:
     """Reattach semantics: a PENDING/RUNNING attempt is attached to (never a second submission); if the
-    latest attempt SUCCEEDED we are done (unless ``force``); otherwise the next free id is submitted."""
+    latest attempt SUCCEEDED we are done (unless ``force``); otherwise the next free id is submitted.
+
+    ``same_run``: metadata that names the submitter's run as it is now (the operator passes the Airflow
+    run id and the run's clear count). When the latest attempt FAILED with an exit code no retry can fix
+    (bad arguments, failed data check) and its metadata holds these same values, it is returned as
+    ``already_failed`` instead of submitting again: Airflow can re-run a task whose worker was killed
+    after the job ended (seen under load), and that must not re-run a failed check. A cleared run
+    (``airflow tasks clear``, the UI's clear, a backfill reprocessing failures) has a new clear count,
+    so it submits a new attempt, as a user who repaired the input expects."""
     for _ in range(3):  # a concurrent submitter can take the id between our check and submit
         attempts = list_attempts(client, base)
         active = [(sid, info) for sid, info in attempts if _status(info) in ACTIVE_STATUSES]
@@ -251,6 +269,14 @@ def attach_or_submit(
             return Attempt(sid, "attached", info)
         if attempts:
             sid, info = attempts[-1]
+            if not force and _failed_for_good_in(info, same_run):
+                logger.info(
+                    "Ray job %s already FAILED with exit code %s in this run: not submitting again "
+                    "(repair the input, then clear the task to run it again)",
+                    sid,
+                    _exit_code(info),
+                )
+                return Attempt(sid, "already_failed", info)
             if _status(info) == "SUCCEEDED" and not force:
                 logger.info(
                     "Ray job %s already SUCCEEDED for these inputs: succeeding without resubmitting "

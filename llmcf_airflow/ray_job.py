@@ -14,7 +14,9 @@ the jobs' output (ids, entrypoints, attach-or-submit, ``JobWatcher``, ``parse_re
 
 Failure mapping: our jobs exit with code 2 (bad arguments) or 3 (failed data check); those raise
 ``AirflowFailException`` (no retry). Other job failures (``RayJobError``) and infrastructure errors raise
-ordinary exceptions, so Airflow's retries apply.
+ordinary exceptions, so Airflow's retries apply. A task re-run by Airflow itself after its check failed
+(a worker killed after the job ended) finds that failed attempt of the same run and fails again without
+a new job; clearing the task (or a backfill reprocessing failures) starts a new attempt.
 
 Only ``airflow.sdk`` is imported at module level: DAG files import this module at parse time, and Ray's
 SDK is imported lazily inside the functions that talk to Ray.
@@ -378,6 +380,10 @@ class RayJobOperator(BaseOperator):
         base, entrypoint = self._base_id(context)
         ti = context["ti"]
         client = job_client(dashboard_url)
+        # The run as it is now: its id and how often it was cleared (Airflow bumps the clear count on
+        # every clear and on a backfill's reprocessing). A failed check of this same run is not resubmitted.
+        clear_number = getattr(context.get("dag_run"), "clear_number", None)
+        same_run = None if clear_number is None else {"run_id": ti.run_id, "clear_number": clear_number}
         attempt = attach_or_submit(
             client,
             base,
@@ -390,9 +396,11 @@ class RayJobOperator(BaseOperator):
                 "try_number": ti.try_number,
                 "map_index": ti.map_index,
                 "partition": self.partition,
+                **({} if clear_number is None else {"clear_number": clear_number}),
             },
             entrypoint_num_cpus=self.entrypoint_num_cpus,
             force=_as_bool(self.force),
+            same_run=same_run,
             logger=self.log,
         )
         sid = attempt.submission_id
@@ -403,6 +411,12 @@ class RayJobOperator(BaseOperator):
             watcher = JobWatcher(sid, dashboard_url)
             watcher.read_new_lines(final=True)
             return {**raise_for_event(watcher.event("SUCCEEDED", "")), "reused": True}
+        if attempt.action == "already_failed":
+            # A re-run of this same run after its check failed (the worker was killed after the job
+            # ended): report that failure again, not retried, instead of running the check twice.
+            watcher = JobWatcher(sid, dashboard_url)
+            watcher.read_new_lines(final=True)
+            raise_for_event(watcher.event("FAILED", attempt.info.message or "FAILED", attempt.info))
 
         started = (attempt.info.start_time or time.time() * 1000) / 1000.0
         deadline = started + job_timeout

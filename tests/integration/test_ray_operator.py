@@ -34,6 +34,13 @@ from llmcf_airflow.ray_job import (
 
 
 @dataclass
+class FakeDagRun:
+    """The run's clear count, which Airflow bumps on every clear (task, run or backfill reprocess)."""
+
+    clear_number: int = 0
+
+
+@dataclass
 class FakeTI:
     """The few TaskInstance attributes the operator reads; lets a test call execute() without a DAG run."""
 
@@ -186,6 +193,34 @@ def test_rerun_after_failure_submits_next_suffix(ray_head) -> None:
     base = sid.removesuffix("-r1")
     assert _jobs_with_prefix(ray_head.dashboard_url, base) == [base, sid]
     assert _run_trigger(deferred.value.trigger)["status"] == "FAILED"
+
+
+@pytest.mark.ray
+def test_failed_check_is_not_resubmitted_in_the_same_run_but_is_after_a_clear(ray_head) -> None:
+    url = ray_head.dashboard_url
+    with pytest.raises(AirflowFailException, match="exit code 3"):
+        _operator("check-3", exit_code=3, deferrable=False).execute(
+            {"ti": FakeTI(), "dag_run": FakeDagRun(clear_number=0)}
+        )
+    # Airflow re-runs the task in the same run (try 2, clear count unchanged): the failed attempt is
+    # reported again, not retried, and no second Ray job appears.
+    op = _operator("check-3", exit_code=3)
+    sid = op._base_id({"ti": FakeTI()})[0]
+    with pytest.raises(AirflowFailException, match=r"exit code 3.*not retried"):
+        op.execute({"ti": FakeTI(try_number=2), "dag_run": FakeDagRun(clear_number=0)})
+    assert _jobs_with_prefix(url, sid) == [sid]
+    # A different run for the same partition, or this run after a clear: a new attempt.
+    with pytest.raises(TaskDeferred) as cleared:
+        _operator("check-3", exit_code=3).execute({"ti": FakeTI(try_number=3), "dag_run": FakeDagRun(1)})
+    assert cleared.value.trigger.submission_id == f"{sid}-r1"
+    assert _run_trigger(cleared.value.trigger)["exit_code"] == 3
+    # A retryable failure (exit code 1) in the same run is still retried.
+    with pytest.raises(RayJobError):
+        _operator("check-1", exit_code=1, deferrable=False).execute({"ti": FakeTI(), "dag_run": FakeDagRun()})
+    with pytest.raises(TaskDeferred) as retried:
+        _operator("check-1", exit_code=1).execute({"ti": FakeTI(try_number=2), "dag_run": FakeDagRun()})
+    assert retried.value.trigger.submission_id.endswith("-r1")
+    assert _run_trigger(retried.value.trigger)["status"] == "FAILED"
 
 
 @pytest.mark.ray
