@@ -62,7 +62,7 @@ def _logits_with_and_without_ict(model, batch):
     f = model.fields(batch["user"], batch["item"], batch["hist"], batch["hist_fb"])
     ict_out, _ = model._in_context(batch, f.flat)
     assert ict_out.abs().sum() > 0  # the ICT does produce something: the gate is what holds it
-    return model.score(f, ict_out), model.score(f, torch.zeros_like(ict_out)), ict_out
+    return model.score(f, model.ict_gate * ict_out), model.score(f, torch.zeros_like(ict_out)), ict_out
 
 
 @pytest.mark.parametrize("variant", ["llmcf", "llmcf_k0"])
@@ -98,14 +98,15 @@ def test_the_base_has_no_ict_parameters(spec):
     assert {n.split(".")[0] for n in names} == {"fields", "first_order", "deep", "out"}
 
 
-def test_a_model_saved_before_the_gate_loads_ungated(spec):
+@pytest.mark.parametrize("name", ["DeepFM", "DIN", "DCNv2"])
+def test_a_model_saved_before_the_gate_loads_ungated(spec, name):
     torch.manual_seed(0)
-    model = build_model("DeepFM", spec, HP, "llmcf")
+    model = build_model(name, spec, HP, "llmcf")
     old = {k: v for k, v in model.state_dict().items() if k != "ict_gate"}
-    fresh = build_model("DeepFM", spec, HP, "llmcf")
+    fresh = build_model(name, spec, HP, "llmcf")
     fresh.load_state_dict(old)  # strict: no missing key
     assert fresh.ict_gate.item() == 1.0  # the fusion it was trained with
     saved = model.state_dict()  # a current model keeps its own gate
-    again = build_model("DeepFM", spec, HP, "llmcf")
+    again = build_model(name, spec, HP, "llmcf")
     again.load_state_dict(saved)
     assert again.ict_gate.item() == 0.0

@@ -6,6 +6,10 @@ model = build_model("DIN", spec, hp, variant="llmcf")
 
 from __future__ import annotations
 
+import functools
+import itertools
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -54,10 +58,13 @@ def build_model(
     """A freshly initialised backbone (RecBole's init: Xavier-normal weights, zero biases).
 
     With ``seed``, an ICT variant (``llmcf*``) starts from exactly the weights the ``base`` variant
-    of the same seed starts from, wherever the two share a parameter (same name and shape): the
-    paired comparison llmcf - base then differs by the ICT and its inputs, not by a second random
-    initialisation. Only the ICT's own parameters (and the text projection a sequential base lacks)
-    come from the seed's stream after that.
+    of the same seed starts from: every parameter the two share is copied, and a layer the ICT
+    widens (its input gets the ICT output appended) gets the base's weights in the columns of the
+    base's inputs. A ranking backbone's ICT output enters through a gate that starts at zero, so an
+    ICT variant of a ranking backbone starts as exactly its base's function: the paired comparison
+    llmcf - base then differs by what the ICT learns, not by a second random initialisation. Only the
+    ICT's own parameters, the widened columns (and the text projection a sequential base lacks) come
+    from the seed's stream after that.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -69,9 +76,40 @@ def build_model(
             base = model_class(name)(spec, hp, "base")
             base.apply(_init_weights)
         own = model.state_dict()
-        shared = {k: v for k, v in base.state_dict().items() if k in own and own[k].shape == v.shape}
+        start = getattr(model, "ict_block_start", None)
+        shared = {}
+        for key, value in base.state_dict().items():
+            if key not in own:
+                continue
+            if own[key].shape == value.shape:
+                shared[key] = value
+            elif start is not None and own[key].dim() == value.dim():
+                shared[key] = _embed_base(own[key], value, model.ict_dim, functools.partial(start, key))
         model.load_state_dict(shared, strict=False)
     return model
+
+
+def _embed_base(
+    own: torch.Tensor, base: torch.Tensor, width: int, block_start: Callable[[int, int], int]
+) -> torch.Tensor:
+    """``own`` with ``base`` copied around the ICT's ``width`` entries of every dimension where
+    ``own`` is wider by exactly that (``block_start(dim, base_size)`` says where they begin)."""
+    out = own.clone()
+    src: list[list[slice]] = [[slice(None)] for _ in range(base.dim())]
+    dst: list[list[slice]] = [[slice(None)] for _ in range(base.dim())]
+    for d, (n_own, n_base) in enumerate(zip(own.shape, base.shape, strict=True)):
+        if n_own == n_base:
+            continue
+        if n_own != n_base + width:
+            raise ValueError(f"cannot align a {tuple(base.shape)} base weight with {tuple(own.shape)}")
+        s = block_start(d, n_base)
+        src[d] = [slice(0, s), slice(s, n_base)]
+        dst[d] = [slice(0, s), slice(s + width, n_own)]
+    for parts in itertools.product(*(range(len(p)) for p in src)):
+        out[tuple(dst[d][i] for d, i in enumerate(parts))] = base[
+            tuple(src[d][i] for d, i in enumerate(parts))
+        ]
+    return out
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -27,7 +27,7 @@ to the user vector. ``base`` is the backbone alone (``base_notext``: without the
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -118,10 +118,30 @@ class RankingModel(RecModel):
         self.ict = InContextModule(cfg) if cfg is not None else None
         self.ict_dim = cfg.width if cfg is not None else 0
         self.n_fields = self.fields.feature_dim // hp.embedding_dim
+        # The ICT output enters ``score`` through a scalar gate that starts at zero (ReZero, Flamingo's
+        # gated cross-attention): with ``build_model(seed=)`` an ICT variant then starts as exactly
+        # its base's function, and the ICT's share grows only as far as it lowers the loss. Ungated,
+        # the RMS-normalised ICT output (RMS 1) outweighs Xavier-initialised field embeddings (RMS
+        # ~0.01-0.2) from the first step (see deepfm.py). A plain Parameter: the init leaves it at 0.
+        self.ict_gate = nn.Parameter(torch.zeros(())) if self.ict is not None else None
 
     def score(self, f: RankingFieldEmbeddings, ict_out: torch.Tensor | None) -> torch.Tensor:
-        """Logits (B,) from the field embeddings and the ICT output (B, C) or None."""
+        """Logits (B,) from the field embeddings and the (gated) ICT output (B, C) or None."""
         raise NotImplementedError
+
+    def ict_block_start(self, name: str, dim: int, base_size: int) -> int:
+        """Where the ICT's ``ict_dim`` entries sit along ``dim`` of parameter ``name``, a layer the ICT
+        widens (``base_size`` wide in the base): appended last, as ``with_ict`` does. A backbone that
+        puts them elsewhere says so (``build_model`` copies the base's weights around the block)."""
+        return base_size
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # A model saved before the gate existed fused the ICT output ungated: a gate of 1 scores as it did.
+        if self.ict_gate is not None and any(k.startswith(prefix + "ict.") for k in state_dict):
+            state_dict.setdefault(prefix + "ict_gate", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def example_tokens(self, batch: Batch) -> torch.Tensor:
         assert self.ict is not None
@@ -142,7 +162,8 @@ class RankingModel(RecModel):
         if self.ict is None:
             return self.score(f, None), f.stack.new_zeros(())
         ict_out, recon = self._in_context(batch, f.flat)  # (B, C), ()
-        return self.score(f, ict_out), recon
+        assert self.ict_gate is not None
+        return self.score(f, self.ict_gate * ict_out), recon
 
     def forward(self, batch: Batch) -> LossTerms:
         logit, recon = self.logits(batch)

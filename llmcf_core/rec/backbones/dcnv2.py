@@ -25,6 +25,11 @@ class DCNv2(RankingModel):
         self.deep = mlp(d0, hp.mlp_dims)
         self.out = nn.Linear(d0 + hp.mlp_dims[-1], 1)
 
+    def ict_block_start(self, name: str, dim: int, base_size: int) -> int:
+        if name == "out.weight":  # (1, d0 + deep): x's ICT entries end x, before the deep part
+            return self.n_fields * self.hp.embedding_dim
+        return base_size
+
     def score(self, f: RankingFieldEmbeddings, ict_out: torch.Tensor | None) -> torch.Tensor:
         x0 = with_ict(f.flat, ict_out)  # (B, d0)
         x = x0

@@ -1,7 +1,8 @@
 """DeepFM (Guo et al., IJCAI 2017): first-order + FM second-order + deep MLP, summed logits.
 
 With the ICT, its output joins the deep part's input and also gets its own linear term
-(METHOD.md: "DeepFM also adds a linear term"), through a learned scalar gate initialised at zero.
+(METHOD.md: "DeepFM also adds a linear term"), through the learned scalar gate initialised at zero
+that every ranking backbone has (``RankingModel.ict_gate``; DeepFM is where it was found needed).
 
 Why the gate: the ICT output leaves a final RMSNorm (per-dimension RMS 1), while the field
 embeddings are Xavier-initialised tables (RMS ~0.01-0.2; the paper's were N(0, 1), on the ICT's
@@ -16,8 +17,6 @@ starts as exactly the base's function and the ICT's share grows only as far as i
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from torch import nn
@@ -36,24 +35,12 @@ class DeepFM(RankingModel):
         self.deep = mlp(d_fields + self.ict_dim, hp.mlp_dims)
         self.out = nn.Linear(hp.mlp_dims[-1], 1)
         self.ict_linear = nn.Linear(self.ict_dim, 1, bias=False) if self.ict_dim else None
-        # a plain Parameter: build_model's Xavier init (Linear, Embedding) leaves it at zero
-        self.ict_gate = nn.Parameter(torch.zeros(())) if self.ict_dim else None
 
     def score(self, f: RankingFieldEmbeddings, ict_out: torch.Tensor | None) -> torch.Tensor:
         v = f.stack  # (B, F, E)
         fm = 0.5 * (v.sum(1).pow(2) - v.pow(2).sum(1)).sum(-1)  # (B,) pairwise interactions
         logit = self.first_order(f.flat).squeeze(-1) + fm  # (B,)
-        if ict_out is not None and self.ict_gate is not None:
-            ict_out = self.ict_gate * ict_out  # (B, C): 0 at initialisation
         logit = logit + self.out(self.deep(with_ict(f.flat, ict_out))).squeeze(-1)
         if self.ict_linear is not None and ict_out is not None:
             logit = logit + self.ict_linear(ict_out).squeeze(-1)
         return logit
-
-    def _load_from_state_dict(
-        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
-    ) -> None:
-        # A model saved before the gate existed fused the ICT output ungated: a gate of 1 scores as it did.
-        if self.ict_gate is not None and prefix + "ict_linear.weight" in state_dict:
-            state_dict.setdefault(prefix + "ict_gate", torch.ones(()))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
