@@ -254,7 +254,7 @@ def attach_or_submit(
     latest attempt SUCCEEDED we are done (unless ``force``); otherwise the next free id is submitted.
 
     ``same_run``: metadata that names the submitter's run as it is now (the operator passes the Airflow
-    run id and the run's clear count). When the latest attempt FAILED with an exit code no retry can fix
+    run id and the run's clear count); it is added to the submitted job's metadata. When the latest attempt FAILED with an exit code no retry can fix
     (bad arguments, failed data check) and its metadata holds these same values, it is returned as
     ``already_failed`` instead of submitting again: Airflow can re-run a task whose worker was killed
     after the job ended (seen under load), and that must not re-run a failed check. A cleared run
@@ -291,7 +291,7 @@ def attach_or_submit(
                 entrypoint=entrypoint,
                 submission_id=sid,
                 runtime_env=runtime_env or None,
-                metadata={k: str(v) for k, v in (metadata or {}).items()},
+                metadata={k: str(v) for k, v in {**(metadata or {}), **(same_run or {})}.items()},
                 entrypoint_num_cpus=entrypoint_num_cpus,
             )
         except RuntimeError as exc:

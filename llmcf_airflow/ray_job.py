@@ -396,7 +396,6 @@ class RayJobOperator(BaseOperator):
                 "try_number": ti.try_number,
                 "map_index": ti.map_index,
                 "partition": self.partition,
-                **({} if clear_number is None else {"clear_number": clear_number}),
             },
             entrypoint_num_cpus=self.entrypoint_num_cpus,
             force=_as_bool(self.force),
@@ -406,17 +405,14 @@ class RayJobOperator(BaseOperator):
         sid = attempt.submission_id
         self._remember(context, dashboard_url, sid)
         self.log.info("Ray job %s: %s", sid, self._ray_job_url)
-        if attempt.action == "already_succeeded":
-            # The earlier run's result line: read its whole log once (the job is over, the log is final).
+        if attempt.action in ("already_succeeded", "already_failed"):
+            # The earlier attempt's outcome, from its whole log read once (the job is over): its result
+            # line, or (a re-run of this same run after its check failed) that failure again, not retried.
             watcher = JobWatcher(sid, dashboard_url)
             watcher.read_new_lines(final=True)
-            return {**raise_for_event(watcher.event("SUCCEEDED", "")), "reused": True}
-        if attempt.action == "already_failed":
-            # A re-run of this same run after its check failed (the worker was killed after the job
-            # ended): report that failure again, not retried, instead of running the check twice.
-            watcher = JobWatcher(sid, dashboard_url)
-            watcher.read_new_lines(final=True)
-            raise_for_event(watcher.event("FAILED", attempt.info.message or "FAILED", attempt.info))
+            info = attempt.info
+            event = watcher.event(_status(info), info.message or _status(info), info)
+            return {**raise_for_event(event), "reused": True}
 
         started = (attempt.info.start_time or time.time() * 1000) / 1000.0
         deadline = started + job_timeout

@@ -11,6 +11,7 @@ from torch import nn
 
 from llmcf_core.config import RecModelConfig
 from llmcf_core.rec.backbones.base import RankingModel, mlp, with_ict
+from llmcf_core.rec.backbones.dcn import DCN
 from llmcf_core.rec.fields import RankingFieldEmbeddings
 from llmcf_core.rec.spec import DataSpec
 
@@ -25,10 +26,7 @@ class DCNv2(RankingModel):
         self.deep = mlp(d0, hp.mlp_dims)
         self.out = nn.Linear(d0 + hp.mlp_dims[-1], 1)
 
-    def ict_block_start(self, name: str, dim: int, base_size: int) -> int:
-        if name == "out.weight":  # (1, d0 + deep): x's ICT entries end x, before the deep part
-            return self.n_fields * self.hp.embedding_dim
-        return base_size
+    ict_block_start = DCN.ict_block_start  # the same output layer: (1, d0 + deep)
 
     def score(self, f: RankingFieldEmbeddings, ict_out: torch.Tensor | None) -> torch.Tensor:
         x0 = with_ict(f.flat, ict_out)  # (B, d0)
