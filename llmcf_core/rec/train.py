@@ -68,9 +68,9 @@ class RunSpec:
         out = dataclasses.asdict(self)
         out["hp"] = self.hp.model_dump(mode="json")  # the saved model's meta["hparams"]
         if uses_icl(self.variant):  # starts from the base's weights (build_model): a new version
-            # ranking: also the widened layers' base columns and a zero ICT gate, i.e. the base's function
-            ranking = model_class(self.model).task == "ranking"
-            out["init"] = "base-function" if ranking else "shared-with-base"
+            # also the widened layers' base columns and a zero ICT gate, i.e. the base's function
+            # (sequential backbones before their gate: "shared-with-base")
+            out["init"] = "base-function"
         return out
 
 

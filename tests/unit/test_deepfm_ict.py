@@ -98,7 +98,7 @@ def test_the_base_has_no_ict_parameters(spec):
     assert {n.split(".")[0] for n in names} == {"fields", "first_order", "deep", "out"}
 
 
-@pytest.mark.parametrize("name", ["DeepFM", "DIN", "DCNv2"])
+@pytest.mark.parametrize("name", ["DeepFM", "DIN", "DCNv2", "SASRec", "GRU4Rec"])
 def test_a_model_saved_before_the_gate_loads_ungated(spec, name):
     torch.manual_seed(0)
     model = build_model(name, spec, HP, "llmcf")

@@ -60,8 +60,8 @@ def build_model(
     With ``seed``, an ICT variant (``llmcf*``) starts from exactly the weights the ``base`` variant
     of the same seed starts from: every parameter the two share is copied, and a layer the ICT
     widens (its input gets the ICT output appended) gets the base's weights in the columns of the
-    base's inputs. A ranking backbone's ICT output enters through a gate that starts at zero, so an
-    ICT variant of a ranking backbone starts as exactly its base's function: the paired comparison
+    base's inputs. Every backbone's ICT output enters through a gate that starts at zero, so an
+    ICT variant starts as exactly its base's function: the paired comparison
     llmcf - base then differs by what the ICT learns, not by a second random initialisation. Only the
     ICT's own parameters, the widened columns (and the text projection a sequential base lacks) come
     from the seed's stream after that.

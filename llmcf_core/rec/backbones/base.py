@@ -20,7 +20,7 @@ ranking backbones add its embedding to the history item embeddings (optional: ab
 
 The ``variant`` switch adds the in-context module (``llmcf_core.rec.ict``): ranking backbones
 concatenate its output to their feature vector, sequential ones add ``seq_fusion_weight`` times it
-to the user vector. ``base`` is the backbone alone (``base_notext``: without the text fields), and
+to the user vector; either way it passes a learned scalar gate ``ict_gate`` that starts at zero. ``base`` is the backbone alone (``base_notext``: without the text fields), and
 ``llmcf_k0`` runs the ICT over the current sample's token only (no examples: the batch has no
 ``nb_*`` keys).
 """
@@ -67,6 +67,22 @@ class RecModel(nn.Module):
         self.hp = hp
         self.variant = variant
         self.ict: InContextModule | None = None
+        self.ict_gate: nn.Parameter | None = None
+
+    def _gate_the_ict(self) -> None:
+        """The ICT output enters through a scalar gate that starts at zero (ReZero, Flamingo's gated
+        cross-attention): with ``build_model(seed=)`` an ICT variant then starts as exactly its base's
+        function, and the ICT's share grows only as far as it lowers the loss. Gate 1 is the paper's
+        ungated fusion. A plain Parameter: ``build_model``'s init leaves it at 0."""
+        self.ict_gate = nn.Parameter(torch.zeros(())) if self.ict is not None else None
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # A model saved before the gate existed fused the ICT output ungated: a gate of 1 scores as it did.
+        if self.ict_gate is not None and any(k.startswith(prefix + "ict.") for k in state_dict):
+            state_dict.setdefault(prefix + "ict_gate", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def calculate_loss(self, batch: Batch) -> LossTerms:
         return self(batch)
@@ -118,12 +134,9 @@ class RankingModel(RecModel):
         self.ict = InContextModule(cfg) if cfg is not None else None
         self.ict_dim = cfg.width if cfg is not None else 0
         self.n_fields = self.fields.feature_dim // hp.embedding_dim
-        # The ICT output enters ``score`` through a scalar gate that starts at zero (ReZero, Flamingo's
-        # gated cross-attention): with ``build_model(seed=)`` an ICT variant then starts as exactly
-        # its base's function, and the ICT's share grows only as far as it lowers the loss. Ungated,
-        # the RMS-normalised ICT output (RMS 1) outweighs Xavier-initialised field embeddings (RMS
-        # ~0.01-0.2) from the first step (see deepfm.py). A plain Parameter: the init leaves it at 0.
-        self.ict_gate = nn.Parameter(torch.zeros(())) if self.ict is not None else None
+        # Ungated, the RMS-normalised ICT output (RMS 1) outweighs Xavier-initialised field
+        # embeddings (RMS ~0.01-0.2) from the first step (see deepfm.py).
+        self._gate_the_ict()
 
     def score(self, f: RankingFieldEmbeddings, ict_out: torch.Tensor | None) -> torch.Tensor:
         """Logits (B,) from the field embeddings and the (gated) ICT output (B, C) or None."""
@@ -134,14 +147,6 @@ class RankingModel(RecModel):
         widens (``base_size`` wide in the base): appended last, as ``with_ict`` does. A backbone that
         puts them elsewhere says so (``build_model`` copies the base's weights around the block)."""
         return base_size
-
-    def _load_from_state_dict(
-        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
-    ) -> None:
-        # A model saved before the gate existed fused the ICT output ungated: a gate of 1 scores as it did.
-        if self.ict_gate is not None and any(k.startswith(prefix + "ict.") for k in state_dict):
-            state_dict.setdefault(prefix + "ict_gate", torch.ones(()))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def example_tokens(self, batch: Batch) -> torch.Tensor:
         assert self.ict is not None
@@ -200,6 +205,9 @@ class SequentialModel(RecModel):
         if cfg is not None and cfg.width != hp.seq_hidden:
             raise ValueError("the sequential ICT width must equal seq_hidden (its output is added)")
         self.ict = InContextModule(cfg) if cfg is not None else None
+        # u + seq_fusion_weight * gate * ict_out: gate 1 is the paper's fusion (0.1 * ict_out);
+        # starting at 0, an ICT variant built with build_model(seed=) starts as its base.
+        self._gate_the_ict()
         self.n_items = spec.n_items
 
     @property
@@ -221,7 +229,8 @@ class SequentialModel(RecModel):
             return u, u.new_zeros(())
         query = self.fields.features(batch["hist"], None)  # (B, 4H): the target is what we predict
         ict_out, recon = self._in_context(batch, query)  # (B, H), ()
-        return u + self.hp.seq_fusion_weight * ict_out, recon
+        assert self.ict_gate is not None
+        return u + self.hp.seq_fusion_weight * self.ict_gate * ict_out, recon
 
     def forward(self, batch: Batch) -> LossTerms:
         u, recon = self.user_vector(batch)  # (B, H)

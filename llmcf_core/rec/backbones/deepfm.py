@@ -2,7 +2,7 @@
 
 With the ICT, its output joins the deep part's input and also gets its own linear term
 (METHOD.md: "DeepFM also adds a linear term"), through the learned scalar gate initialised at zero
-that every ranking backbone has (``RankingModel.ict_gate``; DeepFM is where it was found needed).
+that every backbone has (``RecModel.ict_gate``; DeepFM is where it was found needed).
 
 Why the gate: the ICT output leaves a final RMSNorm (per-dimension RMS 1), while the field
 embeddings are Xavier-initialised tables (RMS ~0.01-0.2; the paper's were N(0, 1), on the ICT's
