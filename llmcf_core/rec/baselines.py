@@ -137,6 +137,57 @@ def sequential_baselines(tables: Any, batch_size: int = 2048) -> dict[str, dict[
     return out
 
 
+def retrieval_baselines(tables: Any, task: str) -> dict[str, dict[str, dict[str, float]]]:
+    """What the retrieved in-context examples know, counted: {split: {name: metrics}} on the valid
+    and test rows of ``tables`` loaded with neighbours (the llmcf variants' inputs). Not a floor for
+    the base (it reads the pool); it says how much label signal retrieval brings at all, so a null
+    ICT lift can be told apart from examples that carry nothing a model could use.
+
+    Ranking: ``examples_rate``, the smoothed positive rate of the sample's real examples' labels
+    (the global train rate for a sample without examples); ``item_history_examples``, its logit
+    added to ``item_plus_history``'s (naive Bayes). Next item: ``example_targets``, the examples'
+    target items counted, ties broken by popularity (a k-nearest-histories recommender)."""
+    if tables.nb_row is None:
+        raise ValueError("retrieval baselines need the tables loaded with neighbours")
+    train = tables.rows("train")
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    if task == "ranking":
+        prior = float(tables.label[train].mean()) if len(train) else 0.5
+        for split in EVAL_SPLITS:
+            rows = tables.rows(split)
+            if len(rows) == 0:
+                continue
+            nb = tables.nb_row[rows]  # (R, K), -1 = padding
+            real = nb >= 0
+            pos = np.where(real, tables.label[np.maximum(nb, 0)], 0).sum(1)
+            rate = _rate(pos.astype(np.float64), real.sum(1).astype(np.float64), prior)
+            counted = ranking_scores(tables, rows)[RANKING_FLOOR]
+            combined = _logit(counted) + _logit(rate) - _logit(prior)
+            labels = tables.label[rows]
+            out[split] = {
+                "examples_rate": M.ranking_metrics(labels, rate),
+                "item_history_examples": M.ranking_metrics(labels, 1.0 / (1.0 + np.exp(-combined))),
+            }
+        return out
+    n_items = len(tables.item_ids)
+    pop = np.bincount(tables.item[train] - 1, minlength=n_items).astype(np.float64)
+    tie_break = pop / (pop.max() + 1.0)
+    for split in EVAL_SPLITS:
+        rows = tables.rows(split)
+        if len(rows) == 0:
+            continue
+        ranks = []
+        for i in range(0, len(rows), 2048):
+            chunk = rows[i : i + 2048]
+            nb = tables.nb_row[chunk]
+            scores = np.broadcast_to(tie_break, (len(chunk), n_items)).copy()
+            r, c = np.nonzero(nb >= 0)
+            np.add.at(scores, (r, tables.item[nb[r, c]] - 1), 1.0)
+            ranks.append(M.target_ranks(scores, tables.item[chunk] - 1))
+        out[split] = {"example_targets": M.topk_metrics(np.concatenate(ranks))}
+    return out
+
+
 def baselines_for(tables: Any, task: str) -> dict[str, dict[str, dict[str, float]]]:
     return ranking_baselines(tables) if task == "ranking" else sequential_baselines(tables)
 

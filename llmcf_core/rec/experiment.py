@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from llmcf_core import fsio
-from llmcf_core.layout import DataPaths
+from llmcf_core.layout import DataPaths, InvalidArgument
 from llmcf_core.rec import registry, stats
 from llmcf_core.rec.backbones import model_class
 from llmcf_core.rec.metrics import TOP_KS
@@ -139,12 +139,18 @@ def run_experiment(
                 )
     runs, dropped = merge_runs(earlier, runs)
     counted = _baselines(settings, dataset, {r["task"] for r in runs}, until, embedder)
+    retrieval = _retrieval_baselines(settings, dataset, runs, until, embedder, cot_version)
     summary = _summarise(runs)
     comparisons = _comparisons(runs, summary, settings.home)
     fsio.write_text_atomic(
         runs_path,
         json.dumps(
-            {"runs": runs, "baselines": counted, "comparisons": comparisons},
+            {
+                "runs": runs,
+                "baselines": counted,
+                "retrieval_baselines": retrieval,
+                "comparisons": comparisons,
+            },
             indent=2,
             sort_keys=True,
             default=str,
@@ -155,7 +161,9 @@ def run_experiment(
     md_path = out_dir / f"{dataset}.md"
     fsio.write_text_atomic(
         md_path,
-        _markdown(settings, dataset, runs, summary, counted, comparisons, png_path.name, command, dropped),
+        _markdown(
+            settings, dataset, runs, summary, counted, comparisons, png_path.name, command, dropped, retrieval
+        ),
     )
     return ExperimentReport(
         md_path,
@@ -218,6 +226,35 @@ def _baselines(
     for task in sorted(tasks):
         tables = load_tables(settings, dataset, until=until, embedder=embedder, task=task, with_icl=False)
         out[task] = baselines.baselines_for(tables, task)
+    return out
+
+
+def _retrieval_baselines(
+    settings: Any,
+    dataset: str,
+    runs: list[dict[str, Any]],
+    until: dt.date | None,
+    embedder: str | None,
+    cot_version: str | None,
+) -> dict[str, dict[str, Any]]:
+    """{task: {split: {name: metrics}}}: what the retrieved examples of the runs' CoT version know,
+    counted (``baselines.retrieval_baselines``), for each task with a run that reads examples."""
+    from llmcf_core.rec import baselines
+    from llmcf_core.rec.dataset import load_tables
+
+    icl = [r for r in runs if needs_neighbors(r["variant"])]
+    versions = {r.get("cot_version") for r in icl} - {None}
+    version = cot_version or (versions.pop() if len(versions) == 1 else None)
+    out = {}
+    for task in sorted({r["task"] for r in icl}):
+        try:
+            tables = load_tables(
+                settings, dataset, until=until, embedder=embedder, task=task, cot_version=version
+            )
+        except InvalidArgument as exc:  # the table still shows the runs; say why this part is missing
+            log.warning("no retrieval baselines for %s %s: %s", dataset, task, exc)
+            continue
+        out[task] = baselines.retrieval_baselines(tables, task)
     return out
 
 
@@ -346,6 +383,7 @@ def _markdown(
     png_name: str,
     command: list[str] | None,
     dropped: int = 0,
+    retrieval: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     first = next((r for r in runs if "pool_rows" in r["data"]), runs[0])  # an llmcf run knows the pool
     data = first["data"]
@@ -404,6 +442,16 @@ def _markdown(
             row += ["–"] * (len(lift_cols) + 2)
             row += [_fmt(valid_base.get(name, {}).get(primary, float("nan")), 0.0), "–"]
             lines.append("| " + " | ".join(row).replace(" ± 0.0000", "") + " |")
+        valid_ret = ((retrieval or {}).get(task) or {}).get("valid") or {}
+        for name, result in (((retrieval or {}).get(task) or {}).get("test") or {}).items():
+            row = [
+                "retrieved examples, counted",
+                name,
+                *(_fmt(result.get(c, float("nan")), 0.0) for c in cols),
+            ]
+            row += ["–"] * (len(lift_cols) + 2)
+            row += [_fmt(valid_ret.get(name, {}).get(primary, float("nan")), 0.0), "–"]
+            lines.append("| " + " | ".join(row).replace(" ± 0.0000", "") + " |")
         for (model, variant), cell in cells.items():
             base = summary.get((model, "base"))
             lifts = []
@@ -444,6 +492,13 @@ def _markdown(
                 else f"Every model beats the best counting baseline ({best[0]}, test {primary} {best[1]:.4f})."
             )
             lines += [verdict, ""]
+        if (retrieval or {}).get(task):
+            lines += [
+                'Rows "retrieved examples, counted" read the in-context pool (no learning): what the '
+                "examples the llmcf variants see know about the label or the next item. They are not a "
+                "floor for `base`; an llmcf model that does not beat them leaves retrieval signal unused.",
+                "",
+            ]
         lines += _comparison_lines(task, comparisons, summary)
     if any(needs_neighbors(r["variant"]) for r in runs):  # only runs with examples read CoTs
         lines += _cot_quality_lines(settings, dataset, versions[0] if len(versions) == 1 else None)

@@ -62,6 +62,43 @@ def test_item_transitions_rank_the_usual_next_item_first():
     assert name == "item_transitions" and value == pytest.approx(1.0)
 
 
+def test_retrieval_baselines_count_what_the_examples_know():
+    # train rows 0-3; valid rows 4 (item 1) and 5 (item 2). Row 4's examples are the liked rows 0
+    # and 1, row 5's the disliked row 2 and a padding slot: their labels alone rank the two right.
+    item = np.array([1, 1, 2, 2, 1, 2])
+    label = np.array([1, 1, 0, 0, 1, 0])
+    hist = np.zeros((6, 2), dtype=np.int64)
+    fb = np.zeros((6, 2), dtype=np.int64)
+    tables = _tables(item, np.ones(6, int), label, hist, fb, ["train"] * 4 + ["valid"] * 2)
+    tables.nb_row = np.full((6, 2), -1)
+    tables.nb_row[4] = [0, 1]
+    tables.nb_row[5] = [2, -1]
+    result = baselines.retrieval_baselines(tables, "ranking")["valid"]
+    assert result["examples_rate"]["auc"] == 1.0 and result["item_history_examples"]["auc"] == 1.0
+    w = baselines.PRIOR_WEIGHT
+    want = [(2 + w * 0.5) / (2 + w), (0 + w * 0.5) / (1 + w)]  # smoothed towards the train rate 0.5
+    assert result["examples_rate"]["logloss"] == pytest.approx(
+        -np.mean([np.log(want[0]), np.log(1 - want[1])])
+    )
+    # Next item: the examples' targets, counted; item 2 (popular) loses to what the examples chose.
+    seq = _tables(
+        np.array([3, 2, 2, 2, 3]),
+        np.arange(1, 6),
+        np.ones(5, int),
+        hist[:5],
+        fb[:5],
+        ["train"] * 4 + ["test"],
+    )
+    seq.nb_row = np.full((5, 2), -1)
+    seq.nb_row[4] = [0, -1]  # one example, whose target was item 3
+    assert baselines.retrieval_baselines(seq, "sequential")["test"]["example_targets"]["hit@1"] == 1.0
+    seq.nb_row[4] = [-1, -1]  # no examples: popularity decides, and item 2 is the most popular
+    assert baselines.retrieval_baselines(seq, "sequential")["test"]["example_targets"]["hit@1"] == 0.0
+    with pytest.raises(ValueError, match="neighbours"):
+        seq.nb_row = None
+        baselines.retrieval_baselines(seq, "sequential")
+
+
 def test_tables_carry_history_feedback_and_training_records_the_floor(llmcf_home):
     from llmcf_core import storage
     from llmcf_core.config import load_config
