@@ -137,37 +137,67 @@ def sequential_baselines(tables: Any, batch_size: int = 2048) -> dict[str, dict[
     return out
 
 
-def retrieval_baselines(tables: Any, task: str) -> dict[str, dict[str, dict[str, float]]]:
-    """What the retrieved in-context examples know, counted: {split: {name: metrics}} on the valid
-    and test rows of ``tables`` loaded with neighbours (the llmcf variants' inputs). Not a floor for
-    the base (it reads the pool); it says how much label signal retrieval brings at all, so a null
-    ICT lift can be told apart from examples that carry nothing a model could use.
+def _examples_vote(tables: Any, rows: np.ndarray) -> np.ndarray:
+    """Per row: mean similarity of its retrieved positive examples minus that of its negatives (0
+    for a side without examples). The retrieval is label-balanced (K/2 of each label), so the
+    examples' label rate says nothing; which label's nearest examples are nearer does."""
+    nb, score = tables.nb_row[rows], tables.nb_score[rows]
+    real = nb >= 0
+    lab = np.where(real, tables.label[np.maximum(nb, 0)], -1)
 
-    Ranking: ``examples_rate``, the smoothed positive rate of the sample's real examples' labels
-    (the global train rate for a sample without examples); ``item_history_examples``, its logit
-    added to ``item_plus_history``'s (naive Bayes). Next item: ``example_targets``, the examples'
-    target items counted, ties broken by popularity (a k-nearest-histories recommender)."""
+    def side(label: int) -> np.ndarray:
+        mine = lab == label
+        return np.where(mine, score, 0.0).sum(1) / np.maximum(mine.sum(1), 1)
+
+    return side(1) - side(0)
+
+
+def _logistic_fit(x: np.ndarray, y: np.ndarray, iters: int = 25, ridge: float = 1e-3) -> np.ndarray:
+    """Weights of a logistic regression of ``y`` on ``x`` (with an intercept) by Newton steps."""
+    xb = np.column_stack([np.ones(len(x)), x])
+    w = np.zeros(xb.shape[1])
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(xb @ w, -30, 30)))  # clipped: separable rows stay finite
+        hess = xb.T @ (xb * (p * (1 - p))[:, None]) + ridge * np.eye(len(w))
+        w -= np.linalg.solve(hess, xb.T @ (p - y))
+    return w
+
+
+def retrieval_baselines(tables: Any, task: str) -> dict[str, dict[str, dict[str, float]]]:
+    """What the retrieved in-context examples know: {split: {name: metrics}} on the valid and test
+    rows of ``tables`` loaded with neighbours (the llmcf variants' inputs). Not a floor for the base
+    (it reads the pool); it says how much signal retrieval brings at all, so a null ICT lift can be
+    told apart from examples that carry nothing a model could use.
+
+    Ranking: ``examples_vote``, the mean retrieval similarity of the sample's positive examples
+    minus its negatives' (AUC only: a difference of cosines, not a probability);
+    ``item_history_examples``, a logistic regression on [logit(item_plus_history), examples_vote]
+    fitted on the valid rows (three numbers, chosen on validation as a model's settings are), so its
+    test AUC over ``item_plus_history``'s is what the examples add to counting. Next item:
+    ``example_targets``, the examples' target items counted, ties broken by popularity (a
+    k-nearest-histories recommender)."""
     if tables.nb_row is None:
         raise ValueError("retrieval baselines need the tables loaded with neighbours")
     train = tables.rows("train")
     out: dict[str, dict[str, dict[str, float]]] = {}
     if task == "ranking":
-        prior = float(tables.label[train].mean()) if len(train) else 0.5
+        if tables.nb_score is None:
+            raise ValueError("retrieval baselines need the neighbours' similarity scores")
+        feats, labels = {}, {}
         for split in EVAL_SPLITS:
             rows = tables.rows(split)
-            if len(rows) == 0:
-                continue
-            nb = tables.nb_row[rows]  # (R, K), -1 = padding
-            real = nb >= 0
-            pos = np.where(real, tables.label[np.maximum(nb, 0)], 0).sum(1)
-            rate = _rate(pos.astype(np.float64), real.sum(1).astype(np.float64), prior)
-            counted = ranking_scores(tables, rows)[RANKING_FLOOR]
-            combined = _logit(counted) + _logit(rate) - _logit(prior)
-            labels = tables.label[rows]
-            out[split] = {
-                "examples_rate": M.ranking_metrics(labels, rate),
-                "item_history_examples": M.ranking_metrics(labels, 1.0 / (1.0 + np.exp(-combined))),
-            }
+            if len(rows):
+                counted = _logit(ranking_scores(tables, rows)[RANKING_FLOOR])
+                feats[split] = np.column_stack([counted, _examples_vote(tables, rows)])
+                labels[split] = tables.label[rows].astype(np.float64)
+        w = _logistic_fit(feats["valid"], labels["valid"]) if "valid" in feats else None
+        for split, x in feats.items():
+            vote = M.ranking_metrics(labels[split], x[:, 1])
+            vote["logloss"] = float("nan")
+            out[split] = {"examples_vote": vote}
+            if w is not None:
+                prob = 1.0 / (1.0 + np.exp(-np.clip(w[0] + x @ w[1:], -30, 30)))
+                out[split]["item_history_examples"] = M.ranking_metrics(labels[split], prob)
         return out
     n_items = len(tables.item_ids)
     pop = np.bincount(tables.item[train] - 1, minlength=n_items).astype(np.float64)

@@ -100,6 +100,7 @@ class RecTables:
     user_feature_vocab: list[list[str]] = field(default_factory=list)
     control: str | None = None  # llmcf_random / llmcf_shufcot: how the examples were altered
     cot_version: str | None = None  # MODEL__PROMPT of the pool and neighbours read (None: none read)
+    nb_score: np.ndarray | None = None  # (N, K) float32 retrieval similarity of each example (0 = padding)
 
     @property
     def has_neighbors(self) -> bool:
@@ -423,7 +424,9 @@ def _attach_icl(
     if pool is None or pool.num_rows == 0:
         raise InvalidArgument(f"no published in-context pool at {pool_root} (run the embedding stage)")
     nb_days = [d for d in days if storage.is_published(nb_root / partition_dir_name(d))]
-    neighbors = reader.read_days(nb_root, nb_days, ["sample_id", "neighbor_ids", "neighbor_padded"])
+    neighbors = reader.read_days(
+        nb_root, nb_days, ["sample_id", "neighbor_ids", "neighbor_padded", "neighbor_scores"]
+    )
     if neighbors is None or neighbors.num_rows == 0:
         raise InvalidArgument(f"no published neighbours at {nb_root} (run the retrieval stage)")
 
@@ -452,9 +455,16 @@ def _attach_icl(
     )
     ok = query_rows >= 0
     nb_row[query_rows[ok]] = ex_rows.reshape(-1, k)[ok]
+    scores = np.asarray(
+        neighbors.column("neighbor_scores").combine_chunks().flatten().to_numpy(zero_copy_only=False),
+        np.float32,
+    )
+    nb_score = np.zeros((len(tables.sample_id), k), dtype=np.float32)
+    nb_score[query_rows[ok]] = np.where(ex_rows < 0, 0.0, scores).reshape(-1, k)[ok]
 
     pool_rows = row_of.get_indexer(pool_ids)
     tables.nb_row, tables.cot, tables.cot_row, tables.k = nb_row, cot, cot_row, k
+    tables.nb_score = nb_score
     tables.pool_rows = np.unique(pool_rows[pool_rows >= 0])
     tables.stats |= {
         "k": k,
@@ -506,6 +516,7 @@ def apply_control(tables: RecTables, variant: str, seed: int) -> RecTables:
             out[rows[ok], cols[ok]] = pool[pick[ok]]
         tables.stats["control_slots_without_earlier_example"] = int((real & (out < 0)).sum())
         tables.nb_row = out
+        tables.nb_score = None  # the random examples were not retrieved: no similarity
     else:
         with_cot = np.flatnonzero(tables.cot_row > 0)
         cot_row = tables.cot_row.copy()

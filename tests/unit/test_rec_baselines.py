@@ -63,24 +63,32 @@ def test_item_transitions_rank_the_usual_next_item_first():
 
 
 def test_retrieval_baselines_count_what_the_examples_know():
-    # train rows 0-3; valid rows 4 (item 1) and 5 (item 2). Row 4's examples are the liked rows 0
-    # and 1, row 5's the disliked row 2 and a padding slot: their labels alone rank the two right.
-    item = np.array([1, 1, 2, 2, 1, 2])
-    label = np.array([1, 1, 0, 0, 1, 0])
-    hist = np.zeros((6, 2), dtype=np.int64)
-    fb = np.zeros((6, 2), dtype=np.int64)
-    tables = _tables(item, np.ones(6, int), label, hist, fb, ["train"] * 4 + ["valid"] * 2)
-    tables.nb_row = np.full((6, 2), -1)
-    tables.nb_row[4] = [0, 1]
-    tables.nb_row[5] = [2, -1]
-    result = baselines.retrieval_baselines(tables, "ranking")["valid"]
-    assert result["examples_rate"]["auc"] == 1.0 and result["item_history_examples"]["auc"] == 1.0
-    w = baselines.PRIOR_WEIGHT
-    want = [(2 + w * 0.5) / (2 + w), (0 + w * 0.5) / (1 + w)]  # smoothed towards the train rate 0.5
-    assert result["examples_rate"]["logloss"] == pytest.approx(
-        -np.mean([np.log(want[0]), np.log(1 - want[1])])
+    # train rows 0-3 (two liked, two not); valid rows 4-7 and test rows 8-9, each with one liked and
+    # one disliked example (the retrieval is label-balanced). A liked sample's liked example is the
+    # nearer one: the vote (similarity of the liked minus the disliked) ranks them right.
+    n = 10
+    item = np.array([1, 1, 2, 2, 1, 2, 1, 2, 1, 2])
+    label = np.array([1, 1, 0, 0, 1, 0, 1, 0, 1, 0])
+    hist = np.zeros((n, 2), dtype=np.int64)
+    fb = np.zeros((n, 2), dtype=np.int64)
+    tables = _tables(item, np.ones(n, int), label, hist, fb, ["train"] * 4 + ["valid"] * 4 + ["test"] * 2)
+    tables.nb_row = np.full((n, 2), -1)
+    tables.nb_row[4:] = [0, 2]  # example 0 is liked, example 2 is not
+    tables.nb_score = np.zeros((n, 2), dtype=np.float32)
+    tables.nb_score[4:] = [[0.9, 0.2], [0.1, 0.8], [0.7, 0.5], [0.3, 0.6], [0.8, 0.1], [0.2, 0.9]]
+    result = baselines.retrieval_baselines(tables, "ranking")
+    assert result["test"]["examples_vote"]["auc"] == 1.0 and np.isnan(
+        result["test"]["examples_vote"]["logloss"]
     )
+    assert result["valid"]["item_history_examples"]["auc"] == 1.0
+    # Votes that point the wrong way rank them wrong: the rows are not a relabelled counting baseline.
+    tables.nb_score[8:] = tables.nb_score[8:, ::-1]
+    assert baselines.retrieval_baselines(tables, "ranking")["test"]["examples_vote"]["auc"] == 0.0
+    tables.nb_score = None
+    with pytest.raises(ValueError, match="similarity"):
+        baselines.retrieval_baselines(tables, "ranking")
     # Next item: the examples' targets, counted; item 2 (popular) loses to what the examples chose.
+    fb, hist = np.zeros((5, 2), dtype=np.int64), np.zeros((5, 2), dtype=np.int64)
     seq = _tables(
         np.array([3, 2, 2, 2, 3]),
         np.arange(1, 6),

@@ -53,6 +53,9 @@ def test_tables_join_samples_examples_and_cots(home):
     row = int(np.flatnonzero(tables.sample_id == q)[0])
     ids = [s for s in nb.column("neighbor_ids")[5].as_py() if s]
     assert tables.sample_id[tables.nb_row[row][tables.nb_row[row] >= 0]].tolist() == ids
+    # ...with the retrieval's similarity of each (0 on padding), for the retrieved-examples baselines
+    want = np.array(nb.column("neighbor_scores")[5].as_py(), dtype=np.float32)
+    np.testing.assert_allclose(tables.nb_score[row], np.where(tables.nb_row[row] >= 0, want, 0.0))
 
     batch = tables.batch(np.array([row]))
     assert batch["nb_hist"].shape == (1, 4, longest) and batch["nb_cot"].shape == (1, 4, 16)

@@ -40,9 +40,9 @@ def test_experiment_writes_table_plot_and_runs(llmcf_home, tmp_path, capsys):
     assert "item_transitions" in report["baselines"]["sequential"]["test"]
     # ...and, beside them, what the llmcf runs' retrieved examples know, counted (not a floor).
     retrieval = report["retrieval_baselines"]
-    assert set(retrieval["ranking"]["test"]) == {"examples_rate", "item_history_examples"}
+    assert set(retrieval["ranking"]["test"]) == {"examples_vote", "item_history_examples"}
     assert set(retrieval["sequential"]["test"]) == {"example_targets"}
-    assert "| retrieved examples, counted | examples_rate |" in md
+    assert "| retrieved examples, counted | examples_vote |" in md
     assert "| retrieved examples, counted | example_targets |" in md
     runs = report["runs"]
     assert {(r["model"], r["variant"], r["seed"]) for r in runs} == {
