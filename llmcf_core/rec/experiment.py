@@ -13,6 +13,10 @@ against ``base``, ``llmcf`` against ``base_notext`` and against each control), t
 fingerprint, CoT version, pool size, share of retrieved examples that have a CoT) and the exact
 command.
 
+Each run's test predictions are archived beside the table (``predictions/``: float32 scores per run,
+the test rows' ids, labels and cold flags once), so a later call on another machine, where the
+earlier runs' folders do not exist, still computes their paired intervals.
+
 Runs accumulate: the runs of an earlier call (``<dataset>.json`` in the output folder) are kept
 unless this call re-runs the same model, variant and seed, or ran the same kind of input (task,
 with or without neighbours) on other data (then the old ones are stale and dropped); ``fresh=True``
@@ -22,6 +26,8 @@ starts over.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import io
 import json
 import logging
 import math
@@ -141,7 +147,7 @@ def run_experiment(
     counted = _baselines(settings, dataset, {r["task"] for r in runs}, until, embedder)
     retrieval = _retrieval_baselines(settings, dataset, runs, until, embedder, cot_version)
     summary = _summarise(runs)
-    comparisons = _comparisons(runs, summary, settings.home)
+    comparisons = _comparisons(runs, summary, settings.home, out_dir)
     fsio.write_text_atomic(
         runs_path,
         json.dumps(
@@ -277,21 +283,70 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, An
 # --------------------------------------------------------------------------------------------
 
 
-class _Predictions:
-    """Each run's test predictions, aligned on one task's test rows, resampled once per subset."""
+PREDICTIONS_DIR = "predictions"
 
-    def __init__(self, runs: list[dict[str, Any]], home: Any) -> None:
+
+def _archive_key(run: dict[str, Any]) -> str:
+    return f"{run['model']}-{run['variant']}-{run['version']}"
+
+
+def _archive(out_dir: Path, run: dict[str, Any], ids: Any, value: Any, label: Any, cold: Any) -> None:
+    """Keep a run's test predictions beside the table (``predictions/``): the run's scores
+    (float32) and, once per set of test rows, the rows' ids, labels and cold flags, so a later call
+    on another machine (another $LLMCF_HOME) still pairs this run's seeds with its own."""
+    folder = out_dir / PREDICTIONS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256("\n".join(map(str, ids)).encode())
+    digest.update(np.asarray(label, dtype=np.int64).tobytes() + np.asarray(cold, dtype=bool).tobytes())
+    rows = digest.hexdigest()[:16]  # content-addressed: the same rows, labels and flags share a file
+    rows_path = folder / f"rows-{rows}.npz"
+    if not rows_path.is_file():
+        buf = io.BytesIO()
+        np.savez_compressed(buf, sample_id=np.asarray(ids), label=np.asarray(label), cold=np.asarray(cold))
+        fsio.write_bytes_atomic(rows_path, buf.getvalue())
+    buf = io.BytesIO()
+    np.savez_compressed(buf, value=np.asarray(value, dtype=np.float32), rows=np.array(rows))
+    fsio.write_bytes_atomic(folder / f"{_archive_key(run)}.npz", buf.getvalue())
+
+
+def _from_archive(out_dir: Path, run: dict[str, Any]) -> tuple[Any, Any, Any, Any] | None:
+    path = out_dir / PREDICTIONS_DIR / f"{_archive_key(run)}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        value, rows = z["value"].astype(np.float64), str(z["rows"])
+    rows_path = out_dir / PREDICTIONS_DIR / f"rows-{rows}.npz"
+    if not rows_path.is_file():
+        return None
+    with np.load(rows_path, allow_pickle=False) as z:
+        return z["sample_id"], value, z["label"], z["cold"]
+
+
+class _Predictions:
+    """Each run's test predictions, aligned on one task's test rows, resampled once per subset.
+
+    Read from the run's folder under $LLMCF_HOME (and then archived beside the table), else from
+    that archive (``out_dir/predictions``, written when the run was made on another machine)."""
+
+    def __init__(self, runs: list[dict[str, Any]], home: Any, out_dir: Path | None = None) -> None:
         self.values: dict[tuple[str, str, int], np.ndarray] = {}
         self.ref: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # task: ids, labels, cold
         self.cache: dict[tuple, stats.Resampled] = {}
         self.missing: list[str] = []
         for r in sorted(runs, key=lambda r: (r["model"], r["variant"], r["seed"])):
             path = fsio.as_path(home) / (r.get("folder") or "") / registry.PREDICTIONS_FILE
-            if not r.get("folder") or not path.is_file():
-                self.missing.append(f"{r['model']}-{r['variant']} seed {r['seed']}")
-                continue
-            with np.load(path, allow_pickle=False) as z:
-                ids, value, label, cold = z["sample_id"], z["value"], z["label"], z["cold"]
+            if r.get("folder") and path.is_file():
+                with np.load(path, allow_pickle=False) as z:
+                    ids, value, label, cold = z["sample_id"], z["value"], z["label"], z["cold"]
+                if out_dir is not None:
+                    _archive(out_dir, r, ids, value, label, cold)
+                    value = value.astype(np.float32).astype(np.float64)  # as a later call reads it
+            else:
+                found = _from_archive(out_dir, r) if out_dir is not None else None
+                if found is None:
+                    self.missing.append(f"{r['model']}-{r['variant']} seed {r['seed']}")
+                    continue
+                ids, value, label, cold = found
             task = r["task"]
             if task not in self.ref:
                 self.ref[task] = (ids, label, cold)
@@ -334,9 +389,12 @@ def _pairs(variants: list[str]) -> list[tuple[str, str]]:
 
 
 def _comparisons(
-    runs: list[dict[str, Any]], summary: dict[tuple[str, str], dict[str, Any]], home: Any
+    runs: list[dict[str, Any]],
+    summary: dict[tuple[str, str], dict[str, Any]],
+    home: Any,
+    out_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
-    preds = _Predictions(runs, home)
+    preds = _Predictions(runs, home, out_dir)
     out = []
     models = list(dict.fromkeys(m for m, _ in summary))
     for model in models:
@@ -346,9 +404,9 @@ def _comparisons(
             seeds = sorted(set(preds.seeds(model, a)) & set(preds.seeds(model, b)))
             row: dict[str, Any] = {"model": model, "task": task, "a": a, "b": b, "seeds": seeds}
             if not seeds or task not in preds.ref:
-                # Predictions live in the run folders under $LLMCF_HOME: runs of an earlier call on
-                # another machine keep their metrics in the table but not their intervals.
-                row["missing"] = "no paired test predictions (run folders not under this LLMCF_HOME)"
+                # Predictions live in the run folders under $LLMCF_HOME and in the table's archive
+                # (predictions/); a run known from neither keeps its metrics but not its intervals.
+                row["missing"] = "no paired test predictions (not under this LLMCF_HOME nor archived)"
                 out.append(row)
                 continue
             for subset in SUBSETS:

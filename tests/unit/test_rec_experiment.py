@@ -4,6 +4,7 @@ writes the Markdown table, the PNG and the raw runs, and reuses finished runs.""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -58,3 +59,36 @@ def test_experiment_rejects_unknown_names(llmcf_home):
     assert experiment.main(["--dataset", "synth", "--models", "Nope"]) == 2
     assert experiment.main(["--dataset", "synth", "--models", "DIN", "--variants", "base,odd"]) == 2
     assert experiment.main(["--dataset", "synth", "--seeds", "0"]) == 2
+
+
+def test_paired_intervals_survive_a_new_machine(llmcf_home, tmp_path, capsys):
+    """The table's archive of test predictions stands in for run folders that are not under this
+    $LLMCF_HOME (a later session on a fresh machine adds runs to a committed table)."""
+    write_synthetic_dataset(llmcf_home, "synth", n_users=10, n_items=12, days=(2, 1, 1))
+    out = tmp_path / "results"
+    argv = ["--dataset", "synth", "--variants", "base,llmcf", "--seeds", "2", "--workers", "0"]
+    argv += ["--max-epochs", "1", "--embedder", "synth-enc", "--out", str(out)]
+    assert experiment.main([*argv, "--models", "DIN,SASRec"]) == 0
+    report = json.loads((out / "synth.json").read_text())
+    before = {(c["model"], c["a"], c["b"]): c for c in report["comparisons"]}
+    assert "all" in before[("SASRec", "llmcf", "base")]
+    assert 1 <= len(list((out / "predictions").glob("rows-*.npz"))) <= 2  # one per set of test rows
+    assert len(list((out / "predictions").glob("SASRec-*.npz"))) == 4
+
+    for r in report["runs"]:  # the SASRec runs' folders are not on this machine
+        if r["model"] == "SASRec":
+            shutil.rmtree(llmcf_home / r["folder"])
+    assert experiment.main([*argv, "--models", "DIN"]) == 0  # reuses DIN, keeps SASRec's rows
+    after = {
+        (c["model"], c["a"], c["b"]): c for c in json.loads((out / "synth.json").read_text())["comparisons"]
+    }
+    assert after[("SASRec", "llmcf", "base")]["all"] == before[("SASRec", "llmcf", "base")]["all"]
+    assert after[("DIN", "llmcf", "base")]["all"] == before[("DIN", "llmcf", "base")]["all"]
+
+    shutil.rmtree(out / "predictions")  # neither the folders nor the archive: metrics kept, no interval
+    assert experiment.main([*argv, "--models", "DIN"]) == 0
+    last = {
+        (c["model"], c["a"], c["b"]): c for c in json.loads((out / "synth.json").read_text())["comparisons"]
+    }
+    assert "missing" in last[("SASRec", "llmcf", "base")] and "all" in last[("DIN", "llmcf", "base")]
+    capsys.readouterr()
