@@ -413,7 +413,7 @@ def train(
         hp=rec.model_for(model),
         batch_size=rec.batch_size,
         eval_batch_size=rec.eval_batch_size,
-        max_epochs=max_epochs or rec.max_epochs,
+        max_epochs=max_epochs or rec.max_epochs_overrides.get(model, rec.max_epochs),
         patience=rec.patience_overrides.get(model, rec.patience),
         threads=max(1, int(rec.cpus_per_worker)),  # more threads than CPUs thrash on a shared host
     )

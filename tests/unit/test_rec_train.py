@@ -209,6 +209,20 @@ def test_vocab_roundtrip_and_unknown_ids(rec_settings):
     assert load_version(seq.path).meta["hparams"]["lr"] == pytest.approx(1e-3)  # SASRec's own (lr_overrides)
 
 
+def test_per_backbone_epoch_caps(rec_settings):
+    """``rec.max_epochs_overrides`` caps one backbone's epochs; the others keep ``rec.max_epochs``,
+    and ``max_epochs=`` (the jobs' --max-epochs) still wins for all."""
+    from llmcf_core.rec.train import train
+
+    rec = rec_settings.rec.model_copy(
+        update={"max_epochs": 1, "max_epochs_overrides": {"GRU4Rec": 2}, "patience_overrides": {"GRU4Rec": 5}}
+    )
+    settings = rec_settings.model_copy(update={"rec": rec})
+    assert train(settings, "synth", "GRU4Rec", "base", workers=0).metrics["epochs"] == 2
+    assert train(settings, "synth", "DIN", "base", workers=0).metrics["epochs"] == 1
+    assert train(settings, "synth", "GRU4Rec", "base", workers=0, max_epochs=1).metrics["epochs"] == 1
+
+
 def test_train_job_result_names_the_version_the_publish_gate_takes(rec_settings, capsys):
     """The DAG's evaluate task gates the version the train job reports in its LLMCF_RESULT line."""
     from llmcf_core.rec.synthetic import FIRST_DAY
