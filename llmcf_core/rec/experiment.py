@@ -144,8 +144,7 @@ def run_experiment(
                     }
                 )
     runs, dropped = merge_runs(earlier, runs)
-    counted = _baselines(settings, dataset, {r["task"] for r in runs}, until, embedder)
-    retrieval = _retrieval_baselines(settings, dataset, runs, until, embedder, cot_version)
+    counted, retrieval = _baselines(settings, dataset, runs, until, embedder, cot_version)
     summary = _summarise(runs)
     comparisons = _comparisons(runs, summary, settings.home, out_dir)
     fsio.write_text_atomic(
@@ -222,46 +221,38 @@ def merge_runs(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> tupl
 
 
 def _baselines(
-    settings: Any, dataset: str, tasks: set[str], until: dt.date | None, embedder: str | None
-) -> dict[str, dict[str, Any]]:
-    """{task: {split: {baseline: metrics}}} on the tables the models of that task train on."""
-    from llmcf_core.rec import baselines
-    from llmcf_core.rec.dataset import load_tables
-
-    out = {}
-    for task in sorted(tasks):
-        tables = load_tables(settings, dataset, until=until, embedder=embedder, task=task, with_icl=False)
-        out[task] = baselines.baselines_for(tables, task)
-    return out
-
-
-def _retrieval_baselines(
     settings: Any,
     dataset: str,
     runs: list[dict[str, Any]],
     until: dt.date | None,
     embedder: str | None,
     cot_version: str | None,
-) -> dict[str, dict[str, Any]]:
-    """{task: {split: {name: metrics}}}: what the retrieved examples of the runs' CoT version know,
-    counted (``baselines.retrieval_baselines``), for each task with a run that reads examples."""
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """({task: {split: {baseline: metrics}}}, the same for the retrieved examples), on the tables the
+    models of each task train on. A task with runs that read examples is loaded once, with the
+    examples of the runs' CoT version, and gets both (``baselines.retrieval_baselines``)."""
     from llmcf_core.rec import baselines
     from llmcf_core.rec.dataset import load_tables
 
     icl = [r for r in runs if needs_neighbors(r["variant"])]
     versions = {r.get("cot_version") for r in icl} - {None}
     version = cot_version or (versions.pop() if len(versions) == 1 else None)
-    out = {}
-    for task in sorted({r["task"] for r in icl}):
-        try:
-            tables = load_tables(
-                settings, dataset, until=until, embedder=embedder, task=task, cot_version=version
-            )
-        except InvalidArgument as exc:  # the table still shows the runs; say why this part is missing
-            log.warning("no retrieval baselines for %s %s: %s", dataset, task, exc)
-            continue
-        out[task] = baselines.retrieval_baselines(tables, task)
-    return out
+    icl_tasks = {r["task"] for r in icl}
+    counted, retrieved = {}, {}
+    for task in sorted({r["task"] for r in runs}):
+        tables = None
+        if task in icl_tasks:
+            try:
+                tables = load_tables(
+                    settings, dataset, until=until, embedder=embedder, task=task, cot_version=version
+                )
+                retrieved[task] = baselines.retrieval_baselines(tables, task)
+            except InvalidArgument as exc:  # the table still shows the runs; say why this part is missing
+                log.warning("no retrieval baselines for %s %s: %s", dataset, task, exc)
+        if tables is None:
+            tables = load_tables(settings, dataset, until=until, embedder=embedder, task=task, with_icl=False)
+        counted[task] = baselines.baselines_for(tables, task)
+    return counted, retrieved
 
 
 def _summarise(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -304,9 +295,11 @@ def _archive(out_dir: Path, run: dict[str, Any], ids: Any, value: Any, label: An
         buf = io.BytesIO()
         np.savez_compressed(buf, sample_id=np.asarray(ids), label=np.asarray(label), cold=np.asarray(cold))
         fsio.write_bytes_atomic(rows_path, buf.getvalue())
-    buf = io.BytesIO()
-    np.savez_compressed(buf, value=np.asarray(value, dtype=np.float32), rows=np.array(rows))
-    fsio.write_bytes_atomic(folder / f"{_archive_key(run)}.npz", buf.getvalue())
+    run_path = folder / f"{_archive_key(run)}.npz"
+    if not run_path.is_file():  # a version's predictions never change
+        buf = io.BytesIO()
+        np.savez_compressed(buf, value=np.asarray(value, dtype=np.float32), rows=np.array(rows))
+        fsio.write_bytes_atomic(run_path, buf.getvalue())
 
 
 def _from_archive(out_dir: Path, run: dict[str, Any]) -> tuple[Any, Any, Any, Any] | None:
@@ -493,23 +486,17 @@ def _markdown(
         lines += [f"## {'Ranking (CTR)' if task == 'ranking' else 'Next item (full ranking)'}", ""]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         test_base = (counted.get(task) or {}).get("test") or {}
-        valid_base = (counted.get(task) or {}).get("valid") or {}
         primary = "auc" if task == "ranking" else "ndcg@10"
-        for name, result in test_base.items():
-            row = ["counting baseline", name, *(_fmt(result.get(c, float("nan")), 0.0) for c in cols)]
-            row += ["–"] * (len(lift_cols) + 2)
-            row += [_fmt(valid_base.get(name, {}).get(primary, float("nan")), 0.0), "–"]
-            lines.append("| " + " | ".join(row).replace(" ± 0.0000", "") + " |")
-        valid_ret = ((retrieval or {}).get(task) or {}).get("valid") or {}
-        for name, result in (((retrieval or {}).get(task) or {}).get("test") or {}).items():
-            row = [
-                "retrieved examples, counted",
-                name,
-                *(_fmt(result.get(c, float("nan")), 0.0) for c in cols),
-            ]
-            row += ["–"] * (len(lift_cols) + 2)
-            row += [_fmt(valid_ret.get(name, {}).get(primary, float("nan")), 0.0), "–"]
-            lines.append("| " + " | ".join(row).replace(" ± 0.0000", "") + " |")
+        for kind, results in (
+            ("counting baseline", counted),
+            ("retrieved examples, counted", retrieval or {}),
+        ):
+            by_split = results.get(task) or {}
+            for name, result in (by_split.get("test") or {}).items():
+                valid = (by_split.get("valid") or {}).get(name, {}).get(primary, float("nan"))
+                row = [kind, name, *(_fmt(result.get(c, float("nan")), 0.0) for c in cols)]
+                row += ["–"] * (len(lift_cols) + 2) + [_fmt(valid, 0.0), "–"]
+                lines.append("| " + " | ".join(row).replace(" ± 0.0000", "") + " |")
         for (model, variant), cell in cells.items():
             base = summary.get((model, "base"))
             lifts = []
