@@ -101,15 +101,21 @@ def _transition_matrix(tables: Any, train: np.ndarray, n_cols: int) -> np.ndarra
     return counts
 
 
+def _popularity(tables: Any, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Train counts per item (column = index - 1) and the tie-break they give: < 1, so it orders
+    equal counts by popularity and never reorders counts."""
+    pop = np.bincount(tables.item[train] - 1, minlength=len(tables.item_ids)).astype(np.float64)
+    return pop, pop / (pop.max() + 1.0)
+
+
 def sequential_baselines(tables: Any, batch_size: int = 2048) -> dict[str, dict[str, dict[str, float]]]:
     """{split: {baseline: {hit@k, ndcg@k, n}}} over the full catalogue on the valid and test rows."""
     train = tables.rows("train")
     n_items = len(tables.item_ids)
-    pop = np.bincount(tables.item[train] - 1, minlength=n_items).astype(np.float64)
+    pop, tie_break = _popularity(tables, train)
     recent_from = tables.timestamp[train].max() - RECENT_DAYS * 86_400 if len(train) else 0
     recent_rows = train[tables.timestamp[train] >= recent_from]
     recent = np.bincount(tables.item[recent_rows] - 1, minlength=n_items).astype(np.float64)
-    tie_break = pop / (pop.max() + 1.0)  # < 1: orders equal counts by popularity, never reorders counts
     transitions = _transition_matrix(tables, train, n_items)
 
     out: dict[str, dict[str, dict[str, float]]] = {}
@@ -200,8 +206,7 @@ def retrieval_baselines(tables: Any, task: str) -> dict[str, dict[str, dict[str,
                 out[split]["item_history_examples"] = M.ranking_metrics(labels[split], prob)
         return out
     n_items = len(tables.item_ids)
-    pop = np.bincount(tables.item[train] - 1, minlength=n_items).astype(np.float64)
-    tie_break = pop / (pop.max() + 1.0)
+    _, tie_break = _popularity(tables, train)
     for split in EVAL_SPLITS:
         rows = tables.rows(split)
         if len(rows) == 0:
