@@ -303,6 +303,9 @@ class RecModelConfig(_Strict):
     alpha_ranking: float = Field(1.0, ge=0)
     alpha_sequential: float = Field(1.0, ge=0)  # METHOD.md gives no value for this task
     seq_fusion_weight: float = 0.1
+    # Training only: the share of samples whose ICT output is zeroed (modality dropout), so that the
+    # backbone keeps learning alone and the ICT learns what it adds; 0 = the paper's (no dropout).
+    ict_dropout: float = Field(0.0, ge=0, lt=1)
     n_negatives: int = Field(128, ge=1)  # seq_loss "sampled" only
     # Next-item loss: "full" = cross-entropy over every item (ML catalogues are a few thousand
     # items), "sampled" = the paper's sampled softmax with n_negatives uniform negatives.

@@ -88,7 +88,7 @@ def load_version(folder: Any) -> LoadedModel:
 
 # ``hparams`` keys missing from model.json files written before the setting existed, with the value
 # those models were trained with (no user-id dropout; the paper's sampled softmax), not today's default.
-_HPARAMS_ADDED_LATER: dict[str, Any] = {"user_dropout": 0.0, "seq_loss": "sampled"}
+_HPARAMS_ADDED_LATER: dict[str, Any] = {"user_dropout": 0.0, "seq_loss": "sampled", "ict_dropout": 0.0}
 
 
 def stored_model_config(hparams: dict[str, Any], source: Any) -> RecModelConfig:

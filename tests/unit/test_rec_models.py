@@ -163,3 +163,38 @@ def test_an_ict_variant_starts_as_its_base(tables_by_task, name):
             # ...and a gate that opens changes them: the ICT's columns are live, not dead weights.
             model.ict_gate.fill_(1.0)
             assert (model.predict(batch) - want).abs().max().item() > 1e-4, (name, variant)
+
+
+@pytest.mark.parametrize("name", ["DIN", "GRU4Rec"])
+def test_ict_dropout_zeroes_the_ict_of_some_training_samples_only(tables_by_task, name):
+    """``ict_dropout``: in training a sample's ICT output is zeroed (its score is the base's) with
+    that probability; scoring (eval) always reads the ICT; 0 leaves training untouched. The
+    backbones' own dropout layers stay in eval mode here, so only the ICT dropout is random."""
+
+    def training(model: torch.nn.Module) -> torch.nn.Module:
+        model.train()
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.eval()
+        return model
+
+    tables = tables_by_task[model_class(name).task]
+    batch = tables.batch(tables.rows("train")[:256])
+    base = build_model(name, tables.spec(), HP, "base", seed=5).eval()
+    hp = HP.model_copy(update={"ict_dropout": 0.5})
+    model = build_model(name, tables.spec(), hp, "llmcf", seed=5)
+    with torch.no_grad():
+        model.ict_gate.fill_(1.0)
+        want_base = base.predict(batch)
+        want_ict = model.eval().predict(batch)
+        torch.manual_seed(0)
+        got = training(model).predict(batch)
+    dropped = torch.isclose(got, want_base, rtol=1e-5, atol=1e-6)
+    kept = torch.isclose(got, want_ict, rtol=1e-5, atol=1e-6)
+    assert bool((dropped | kept).all())  # each sample either has its ICT or has none
+    assert 0.35 < dropped.float().mean().item() < 0.65  # about half of them lost it
+    torch.testing.assert_close(model.eval().predict(batch), want_ict)  # scoring: never dropped
+    off = build_model(name, tables.spec(), HP, "llmcf", seed=5)
+    with torch.no_grad():
+        off.ict_gate.fill_(1.0)
+        torch.testing.assert_close(training(off).predict(batch), off.eval().predict(batch))

@@ -186,13 +186,14 @@ def test_saved_hparams_keep_their_keys_and_old_files_load():
     assert stored["mlp_dims"] == [16, 8] and sorted(stored) == sorted(
         ["embedding_dim", "mlp_dims", "seq_hidden", "ict_width_ranking", "ict_width_sequential"]
         + ["ict_layers", "ict_heads", "alpha_ranking", "alpha_sequential", "seq_fusion_weight"]
-        + ["n_negatives", "lr", "weight_decay", "user_dropout", "seq_loss"]
+        + ["n_negatives", "lr", "weight_decay", "user_dropout", "seq_loss", "ict_dropout"]
     )
     assert stored_model_config(stored, "m/model.json") == RecModelConfig(mlp_dims=(16, 8))
-    # written before user_dropout and seq_loss existed: what those models trained with; unknown keys ignored
-    first = {k: v for k, v in stored.items() if k not in ("user_dropout", "seq_loss")}
+    # written before user_dropout, seq_loss and ict_dropout existed: what those models trained with;
+    # unknown keys ignored
+    first = {k: v for k, v in stored.items() if k not in ("user_dropout", "seq_loss", "ict_dropout")}
     hp = stored_model_config({**first, "retired": 1}, "m/model.json")
-    assert (hp.mlp_dims, hp.user_dropout, hp.seq_loss) == ((16, 8), 0.0, "sampled")
+    assert (hp.mlp_dims, hp.user_dropout, hp.seq_loss, hp.ict_dropout) == ((16, 8), 0.0, "sampled", 0.0)
     with pytest.raises(ValueError, match="m/model.json: hparams lack embedding_dim"):
         stored_model_config({k: v for k, v in stored.items() if k != "embedding_dim"}, "m/model.json")
 
@@ -267,3 +268,15 @@ def test_checkpoint_directory_gives_each_reader_its_own_copy(tmp_path):
         for folder in (first, second):
             assert (Path(folder) / "state.pt").read_bytes() == b"y" * 1000
     assert not Path(first).exists() and not Path(second).exists()
+
+
+def test_ict_dropout_off_keeps_the_version_and_on_changes_it():
+    """``ict_dropout`` 0 (the default) is left out of the hashed settings, so every version made
+    before the setting existed stays valid; any other value is a new version."""
+    from llmcf_core.rec.train import version_id
+
+    off = _run(3)
+    on = RunSpec("DIN", "llmcf", 0, off.hp.model_copy(update={"ict_dropout": 0.3}), 32, 256, 3, 5)
+    assert "ict_dropout" not in off.settings_dict()["hp"]
+    assert on.settings_dict()["hp"]["ict_dropout"] == 0.3
+    assert version_id("d", None, 0, "f", off, {}) != version_id("d", None, 0, "f", on, {})

@@ -102,7 +102,7 @@ class RecModel(nn.Module):
             tokens = query_feat.new_zeros(B, 0, self.ict.cfg.tokens_per_example, C)
             mask = torch.zeros(B, 0, dtype=torch.bool, device=query_feat.device)
             out, _ = self.ict(query_feat, tokens, mask)
-            return out, query_feat.new_zeros(())
+            return self._drop_ict(out), query_feat.new_zeros(())
         tokens = batch["nb_tokens"] if "nb_tokens" in batch else self.example_tokens(batch)
         train_recon = self.training and "nb_cot" in batch
         out, recon = self.ict(
@@ -112,7 +112,17 @@ class RecModel(nn.Module):
             batch.get("nb_cot") if train_recon else None,
             batch.get("nb_cot_mask"),
         )
-        return out, (recon if recon is not None else query_feat.new_zeros(()))
+        return self._drop_ict(out), (recon if recon is not None else query_feat.new_zeros(()))
+
+    def _drop_ict(self, out: torch.Tensor) -> torch.Tensor:
+        """Training only: zero the ICT output (B, C) of a random ``hp.ict_dropout`` share of the
+        samples (modality dropout, unscaled: a kept sample sees the scoring-time function). The
+        backbone then keeps learning on its own, and the ICT is pushed to learn what it adds."""
+        p = self.hp.ict_dropout
+        if not self.training or p <= 0:
+            return out
+        keep = torch.rand(out.shape[0], 1, device=out.device) >= p  # (B, 1)
+        return out * keep.to(out.dtype)
 
 
 class RankingModel(RecModel):
