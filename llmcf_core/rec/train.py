@@ -67,7 +67,8 @@ class RunSpec:
     def settings_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["hp"] = self.hp.model_dump(mode="json")  # the saved model's meta["hparams"]
-        if not out["hp"]["ict_dropout"]:  # off (the default): versions stay as before the setting
+        # off (the default), or a variant without the ICT: versions stay as before the setting
+        if not out["hp"]["ict_dropout"] or not uses_icl(self.variant):
             del out["hp"]["ict_dropout"]
         if uses_icl(self.variant):  # starts from the base's weights (build_model): a new version
             # also the widened layers' base columns and a zero ICT gate, i.e. the base's function

@@ -272,7 +272,8 @@ def test_checkpoint_directory_gives_each_reader_its_own_copy(tmp_path):
 
 def test_ict_dropout_off_keeps_the_version_and_on_changes_it():
     """``ict_dropout`` 0 (the default) is left out of the hashed settings, so every version made
-    before the setting existed stays valid; any other value is a new version."""
+    before the setting existed stays valid; any other value is a new version of an ICT variant, and
+    none of a base."""
     from llmcf_core.rec.train import version_id
 
     off = _run(3)
@@ -280,3 +281,7 @@ def test_ict_dropout_off_keeps_the_version_and_on_changes_it():
     assert "ict_dropout" not in off.settings_dict()["hp"]
     assert on.settings_dict()["hp"]["ict_dropout"] == 0.3
     assert version_id("d", None, 0, "f", off, {}) != version_id("d", None, 0, "f", on, {})
+    # a base has no ICT: the setting does not change it, nor its version
+    base_off = RunSpec("DIN", "base", 0, off.hp, 32, 256, 3, 5)
+    base_on = RunSpec("DIN", "base", 0, on.hp, 32, 256, 3, 5)
+    assert version_id("d", None, 0, "f", base_off, {}) == version_id("d", None, 0, "f", base_on, {})
