@@ -7,12 +7,17 @@
 Every run is ``jobs.train_rec``'s training (model folders under ``models/rec/``); runs that
 already exist for the same inputs and settings are reused, so an interrupted experiment picks up
 where it stopped. Tables accumulate: runs of earlier calls stay in the table (``--fresh`` starts
-over), so backbones, variants and seeds can be added one call at a time.
+over), so backbones, variants and seeds can be added one call at a time. A setting is compared
+with the default as an arm in the same table:
+
+    python -m jobs.experiment --dataset ml-100k --models GRU4Rec --variants llmcf --seeds 3 \
+        --arm ictdrop0.5 --set rec.model.ict_dropout=0.5
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -37,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, help="Ray Train workers per run (0 = in-process)")
     parser.add_argument("--max-epochs", type=int)
     parser.add_argument("--out", help="output folder (default docs/results in the checkout)")
+    parser.add_argument(
+        "--arm",
+        help="label this call's runs as an arm of their variants, e.g. --arm ictdrop0.5 with "
+        "--set rec.model.ict_dropout=0.5: cells <variant>[<arm>] beside the plain variants, "
+        "each compared with base and with its plain variant",
+    )
     add_config_options(parser, "rec.user_features=true")
     args = parser.parse_args(argv)
 
@@ -57,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(variants) - set(VARIANTS))
         if unknown or not variants:
             raise InvalidArgument(f"unknown variants {unknown}: use {', '.join(VARIANTS)}")
+        if args.arm is not None and not re.fullmatch(r"[A-Za-z0-9_.=+-]{1,40}", args.arm):
+            raise InvalidArgument(f"--arm {args.arm!r}: use 1-40 letters, digits or _ . = + -")
         if args.seeds < 1 or args.first_seed < 0:
             raise InvalidArgument("--seeds must be >= 1 and --first-seed >= 0")
         day = args.until or args.partition
@@ -75,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             command=["python", "-m", "jobs.experiment", *(argv if argv is not None else sys.argv[1:])],
             fresh=args.fresh,
             cot_version=args.cot_version,
+            arm=args.arm,
         )
         return report.to_dict()
 

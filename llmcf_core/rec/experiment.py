@@ -17,8 +17,13 @@ Each run's test predictions are archived beside the table (``predictions/``: flo
 the test rows' ids, labels and cold flags once), so a later call on another machine, where the
 earlier runs' folders do not exist, still computes their paired intervals.
 
+An arm (``arm=``, the job's ``--arm``) names the settings a call changed (its ``--set``s, e.g.
+``rec.model.ict_dropout=0.5``): its runs form cells ``<variant>[<arm>]`` beside the plain variants,
+and each is compared with ``base`` and with its plain variant, so a setting is judged against the
+default on the same test rows, seeds and inputs.
+
 Runs accumulate: the runs of an earlier call (``<dataset>.json`` in the output folder) are kept
-unless this call re-runs the same model, variant and seed, or ran the same kind of input (task,
+unless this call re-runs the same model, variant (and arm) and seed, or ran the same kind of input (task,
 with or without neighbours) on other data (then the old ones are stale and dropped); ``fresh=True``
 starts over.
 """
@@ -54,6 +59,11 @@ SUBSETS = ("all", "cold", "warm")
 RANKING_COLUMNS = ("auc", "logloss")
 SEQUENTIAL_COLUMNS = tuple(f"{m}@{k}" for k in TOP_KS for m in ("hit", "ndcg"))
 LOWER_IS_BETTER = {"logloss"}
+
+
+def cell_variant(run: dict[str, Any]) -> str:
+    """The run's column in the table: its variant, or ``<variant>[<arm>]`` for an arm's run."""
+    return f"{run['variant']}[{run['arm']}]" if run.get("arm") else run["variant"]
 
 
 @dataclass
@@ -100,6 +110,7 @@ def run_experiment(
     command: list[str] | None = None,
     fresh: bool = False,
     cot_version: str | None = None,
+    arm: str | None = None,
 ) -> ExperimentReport:
     out_dir.mkdir(parents=True, exist_ok=True)
     runs_path = out_dir / f"{dataset}.json"
@@ -141,6 +152,7 @@ def run_experiment(
                         # relative to $LLMCF_HOME: the table must not name one machine's paths
                         "folder": _relative(result.path, settings.home),
                         "command": command,
+                        **({"arm": arm} if arm else {}),
                     }
                 )
     runs, dropped = merge_runs(earlier, runs)
@@ -207,10 +219,10 @@ def merge_runs(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> tupl
     fresh_prints: dict[tuple[str, bool], set[str]] = {}
     for r in new:
         fresh_prints.setdefault(kind(r), set()).add(r["fingerprint"])
-    keys = {(r["model"], r["variant"], r["seed"]) for r in new}
+    keys = {(r["model"], cell_variant(r), r["seed"]) for r in new}
     kept, dropped = [], 0
     for r in earlier:
-        if (r["model"], r["variant"], r["seed"]) in keys:
+        if (r["model"], cell_variant(r), r["seed"]) in keys:
             continue
         prints = fresh_prints.get(kind(r))
         if prints is not None and r.get("fingerprint") not in prints:
@@ -258,9 +270,8 @@ def _baselines(
 def _summarise(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
     cells: dict[tuple[str, str], dict[str, Any]] = {}
     for run in runs:
-        cells.setdefault((run["model"], run["variant"]), {"task": run["task"], "runs": []})["runs"].append(
-            run
-        )
+        key = (run["model"], cell_variant(run))
+        cells.setdefault(key, {"task": run["task"], "runs": []})["runs"].append(run)
     for cell in cells.values():
         cols = RANKING_COLUMNS if cell["task"] == "ranking" else SEQUENTIAL_COLUMNS
         cell["test"] = {c: _mean_std([r["test"].get(c, float("nan")) for r in cell["runs"]]) for c in cols}
@@ -326,7 +337,7 @@ class _Predictions:
         self.ref: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # task: ids, labels, cold
         self.cache: dict[tuple, stats.Resampled] = {}
         self.missing: list[str] = []
-        for r in sorted(runs, key=lambda r: (r["model"], r["variant"], r["seed"])):
+        for r in sorted(runs, key=lambda r: (r["model"], cell_variant(r), r["seed"])):
             path = fsio.as_path(home) / (r.get("folder") or "") / registry.PREDICTIONS_FILE
             if r.get("folder") and path.is_file():
                 with np.load(path, allow_pickle=False) as z:
@@ -337,7 +348,7 @@ class _Predictions:
             else:
                 found = _from_archive(out_dir, r) if out_dir is not None else None
                 if found is None:
-                    self.missing.append(f"{r['model']}-{r['variant']} seed {r['seed']}")
+                    self.missing.append(f"{r['model']}-{cell_variant(r)} seed {r['seed']}")
                     continue
                 ids, value, label, cold = found
             task = r["task"]
@@ -348,10 +359,10 @@ class _Predictions:
                 pos = {sid: i for i, sid in enumerate(ids)}
                 at = np.array([pos.get(sid, -1) for sid in ref_ids])
                 if (at < 0).any():
-                    self.missing.append(f"{r['model']}-{r['variant']} seed {r['seed']} (other test rows)")
+                    self.missing.append(f"{r['model']}-{cell_variant(r)} seed {r['seed']} (other test rows)")
                     continue
                 value = value[at]
-            self.values[(r["model"], r["variant"], r["seed"])] = value
+            self.values[(r["model"], cell_variant(r), r["seed"])] = value
 
     def seeds(self, model: str, variant: str) -> list[int]:
         return sorted(s for (m, v, s) in self.values if m == model and v == variant)
@@ -374,10 +385,11 @@ class _Predictions:
 
 def _pairs(variants: list[str]) -> list[tuple[str, str]]:
     """(A, B) comparisons of one backbone: every variant against base, llmcf against base_notext
-    (the paper's comparison) and against each control."""
+    (the paper's comparison) and against each control, an arm ``v[arm]`` against its variant ``v``."""
     out = [(v, "base") for v in variants if v != "base" and "base" in variants]
     if "llmcf" in variants:
         out += [("llmcf", b) for b in ("base_notext", *CONTROLS) if b in variants]
+    out += [(v, v.split("[")[0]) for v in variants if "[" in v and v.split("[")[0] in variants]
     return list(dict.fromkeys(out))
 
 
@@ -455,7 +467,9 @@ def _markdown(
         "others. Variants: `base` backbone with the item text fields (ranking; sequential backbones "
         "are id-based), `base_notext` without them (the paper's base), `llmcf` backbone + ICT, "
         "controls `llmcf_k0` (ICT without examples), `llmcf_random` (random earlier examples, same "
-        "labels), `llmcf_shufcot` (CoTs permuted within a label), `llmcf_wocot`, `llmcf_mean`.",
+        "labels), `llmcf_shufcot` (CoTs permuted within a label), `llmcf_wocot`, `llmcf_mean`; "
+        "`<variant>[<arm>]`: the variant trained with the settings its arm names (the `--set`s in the "
+        "run's command).",
         "",
         f"Runs accumulate over calls of `jobs.experiment` (each run's command is in {dataset}.json)"
         + (f"; {dropped} stale run(s) on other data were dropped by this call." if dropped else "."),
@@ -549,7 +563,7 @@ def _markdown(
         lines += _cot_quality_lines(settings, dataset, versions[0] if len(versions) == 1 else None)
     lines += [f"![lift over base by model and variant]({png_name})", ""]
     lines += ["Runs (model folders under `$LLMCF_HOME/models/rec/<model>-<variant>/<version>/`):", ""]
-    lines += [f"- {r['model']}-{r['variant']} seed {r['seed']}: `{r['version']}`" for r in runs]
+    lines += [f"- {r['model']}-{cell_variant(r)} seed {r['seed']}: `{r['version']}`" for r in runs]
     return "\n".join(lines) + "\n"
 
 

@@ -92,3 +92,28 @@ def test_paired_intervals_survive_a_new_machine(llmcf_home, tmp_path, capsys):
     }
     assert "missing" in last[("SASRec", "llmcf", "base")] and "all" in last[("DIN", "llmcf", "base")]
     capsys.readouterr()
+
+
+def test_an_arm_sits_beside_its_variant_and_is_compared_with_it(llmcf_home, tmp_path, capsys):
+    """``--arm`` with ``--set``: the arm's runs are cells ``<variant>[<arm>]`` that neither replace
+    nor are replaced by the plain variant's runs, and they are paired with base and with the
+    plain variant."""
+    write_synthetic_dataset(llmcf_home, "synth", n_users=10, n_items=12, days=(2, 1, 1))
+    out = tmp_path / "results"
+    argv = ["--dataset", "synth", "--models", "DIN", "--seeds", "1", "--workers", "0"]
+    argv += ["--max-epochs", "1", "--embedder", "synth-enc", "--out", str(out)]
+    assert experiment.main([*argv, "--variants", "base,llmcf"]) == 0
+    arm = ["--variants", "llmcf", "--arm", "ictdrop0.5", "--set", "rec.model.ict_dropout=0.5"]
+    assert experiment.main([*argv, *arm]) == 0
+    assert experiment.main([*argv, "--variants", "llmcf"]) == 0  # the plain llmcf again: reused
+    report = json.loads((out / "synth.json").read_text())
+    runs = {(r["variant"], r.get("arm")): r for r in report["runs"]}
+    assert set(runs) == {("base", None), ("llmcf", None), ("llmcf", "ictdrop0.5")}
+    assert runs[("llmcf", "ictdrop0.5")]["version"] != runs[("llmcf", None)]["version"]  # its own model
+    pairs = {(c["a"], c["b"]) for c in report["comparisons"]}
+    assert {("llmcf[ictdrop0.5]", "base"), ("llmcf[ictdrop0.5]", "llmcf"), ("llmcf", "base")} <= pairs
+    assert all("all" in c for c in report["comparisons"])  # every pair has its interval
+    md = (out / "synth.md").read_text()
+    assert "| DIN | llmcf[ictdrop0.5] |" in md and "llmcf[ictdrop0.5] − llmcf" in md
+    assert experiment.main([*argv, "--variants", "llmcf", "--arm", "bad arm"]) == 2
+    capsys.readouterr()
