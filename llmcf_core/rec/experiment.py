@@ -66,6 +66,11 @@ def cell_variant(run: dict[str, Any]) -> str:
     return f"{run['variant']}[{run['arm']}]" if run.get("arm") else run["variant"]
 
 
+def plain_variant(cell: str) -> str:
+    """The variant of a ``cell_variant``: ``llmcf[ictdrop0.5]`` -> ``llmcf``."""
+    return cell.split("[", 1)[0]
+
+
 @dataclass
 class ExperimentReport:
     markdown: Path
@@ -389,7 +394,7 @@ def _pairs(variants: list[str]) -> list[tuple[str, str]]:
     out = [(v, "base") for v in variants if v != "base" and "base" in variants]
     if "llmcf" in variants:
         out += [("llmcf", b) for b in ("base_notext", *CONTROLS) if b in variants]
-    out += [(v, v.split("[")[0]) for v in variants if "[" in v and v.split("[")[0] in variants]
+    out += [(v, plain_variant(v)) for v in variants if plain_variant(v) != v and plain_variant(v) in variants]
     return list(dict.fromkeys(out))
 
 
