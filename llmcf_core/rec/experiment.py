@@ -15,7 +15,9 @@ command.
 
 Each run's test predictions are archived beside the table (``predictions/``: float32 scores per run,
 the test rows' ids, labels and cold flags once), so a later call on another machine, where the
-earlier runs' folders do not exist, still computes their paired intervals.
+earlier runs' folders do not exist, still computes their paired intervals. An interval (or a cell's
+cold / warm metric) that an earlier call computed from runs whose predictions are in neither place
+is carried over from the earlier json while those runs are unchanged, marked as such in the table.
 
 An arm (``arm=``, the job's ``--arm``) names the settings a call changed (its ``--set``s, e.g.
 ``rec.model.ict_dropout=0.5``): its runs form cells ``<variant>[<arm>]`` beside the plain variants,
@@ -119,7 +121,8 @@ def run_experiment(
 ) -> ExperimentReport:
     out_dir.mkdir(parents=True, exist_ok=True)
     runs_path = out_dir / f"{dataset}.json"
-    earlier = [] if fresh else _earlier_runs(runs_path)
+    earlier_table = {} if fresh else _earlier_table(runs_path)
+    earlier = earlier_table.get("runs", [])
     runs: list[dict[str, Any]] = []
     for model in models:
         for variant in variants:
@@ -163,7 +166,7 @@ def run_experiment(
     runs, dropped = merge_runs(earlier, runs)
     counted, retrieval = _baselines(settings, dataset, runs, until, embedder, cot_version)
     summary = _summarise(runs)
-    comparisons = _comparisons(runs, summary, settings.home, out_dir)
+    comparisons = _comparisons(runs, summary, settings.home, out_dir, earlier_table)
     fsio.write_text_atomic(
         runs_path,
         json.dumps(
@@ -172,6 +175,7 @@ def run_experiment(
                 "baselines": counted,
                 "retrieval_baselines": retrieval,
                 "comparisons": comparisons,
+                "cells": _cell_subsets(summary),
             },
             indent=2,
             sort_keys=True,
@@ -202,15 +206,17 @@ def _relative(folder: Any, home: Any) -> str:
         return str(folder)
 
 
-def _earlier_runs(path: Path) -> list[dict[str, Any]]:
+def _earlier_table(path: Path) -> dict[str, Any]:
+    """An earlier call's table (``<dataset>.json``): its runs, comparisons and cells' cold/warm."""
     if not path.is_file():
-        return []
+        return {}
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
         log.warning("%s is not JSON: starting the table over", path)
-        return []
-    return [r for r in raw.get("runs", []) if isinstance(r, dict) and "model" in r]
+        return {}
+    raw["runs"] = [r for r in raw.get("runs", []) if isinstance(r, dict) and "model" in r]
+    return raw
 
 
 def merge_runs(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
@@ -403,8 +409,19 @@ def _comparisons(
     summary: dict[tuple[str, str], dict[str, Any]],
     home: Any,
     out_dir: Path | None = None,
+    earlier: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
+    """The paired comparisons of the table, and each cell's cold / warm primary metric (set on the
+    cells of ``summary``), from the runs' test predictions.
+
+    Where fewer seeds can be paired now than an earlier call of this table paired (``earlier``: its
+    json), because the earlier runs' predictions are neither under this $LLMCF_HOME nor archived,
+    and those runs are unchanged (same version for each seed of both cells), the earlier row is
+    carried over (``carried``) rather than lost."""
     preds = _Predictions(runs, home, out_dir)
+    earlier = earlier or {}
+    now, then = _versions(runs), _versions(earlier.get("runs", []))
+    old_rows = {(c["model"], c["a"], c["b"]): c for c in earlier.get("comparisons", []) if "all" in c}
     out = []
     models = list(dict.fromkeys(m for m, _ in summary))
     for model in models:
@@ -412,8 +429,18 @@ def _comparisons(
         task = summary[(model, variants[0])]["task"]
         for a, b in _pairs(variants):
             seeds = sorted(set(preds.seeds(model, a)) & set(preds.seeds(model, b)))
+            if task not in preds.ref:
+                seeds = []
+            old = old_rows.get((model, a, b))
+            if (
+                old is not None
+                and len(old["seeds"]) > len(seeds)
+                and _unchanged(model, (a, b), old["seeds"], now, then)
+            ):
+                out.append({**old, "carried": True})
+                continue
             row: dict[str, Any] = {"model": model, "task": task, "a": a, "b": b, "seeds": seeds}
-            if not seeds or task not in preds.ref:
+            if not seeds:
                 # Predictions live in the run folders under $LLMCF_HOME and in the table's archive
                 # (predictions/); a run known from neither keeps its metrics but not its intervals.
                 row["missing"] = "no paired test predictions (not under this LLMCF_HOME nor archived)"
@@ -425,10 +452,20 @@ def _comparisons(
                     preds.resampled(task, model, b, seeds, subset),
                 ).to_dict()
             out.append(row)
+    old_cells = {(c["model"], c["variant"]): c for c in earlier.get("cells", [])}
     for cell_key, cell in summary.items():  # cold / warm primary metric per cell
         model, variant = cell_key
-        seeds = preds.seeds(model, variant)
-        if cell["task"] not in preds.ref or not seeds:
+        seeds = preds.seeds(model, variant) if cell["task"] in preds.ref else []
+        old = old_cells.get(cell_key)
+        if (
+            old is not None
+            and len(old["seeds"]) > len(seeds)
+            and _unchanged(model, (variant,), old["seeds"], now, then)
+        ):
+            cell["subsets"] = {k: tuple(v) for k, v in old["subsets"].items()}
+            cell["subset_rows"], cell["subset_seeds"] = old["subset_rows"], old["seeds"]
+            continue
+        if not seeds:
             continue
         cell["subsets"] = {
             subset: _mean_std([r.point for r in preds.resampled(cell["task"], model, variant, seeds, subset)])
@@ -436,9 +473,43 @@ def _comparisons(
         }
         cold = preds.ref[cell["task"]][2]
         cell["subset_rows"] = {"cold": int(cold.sum()), "warm": int((~cold).sum())}
+        cell["subset_seeds"] = seeds
     if preds.missing:
         log.warning("runs without test predictions (no intervals): %s", ", ".join(preds.missing))
     return out
+
+
+def _versions(runs: list[dict[str, Any]]) -> dict[tuple[str, str, int], str]:
+    return {(r["model"], cell_variant(r), r["seed"]): r["version"] for r in runs}
+
+
+def _unchanged(
+    model: str,
+    cells: tuple[str, ...],
+    seeds: list[int],
+    now: dict[tuple[str, str, int], str],
+    then: dict[tuple[str, str, int], str],
+) -> bool:
+    """Whether every run an earlier row was computed from (each seed of each cell) is still in the
+    table as the same version."""
+    keys = [(model, c, s) for c in cells for s in seeds]
+    return bool(keys) and all(k in then and now.get(k) == then[k] for k in keys)
+
+
+def _cell_subsets(summary: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each cell's cold / warm primary metric and the seeds it is over, kept in the json so a later
+    call without these runs' predictions can carry it."""
+    return [
+        {
+            "model": model,
+            "variant": variant,
+            "seeds": cell["subset_seeds"],
+            "subsets": cell["subsets"],
+            "subset_rows": cell["subset_rows"],
+        }
+        for (model, variant), cell in summary.items()
+        if "subsets" in cell
+    ]
 
 
 def _markdown(
@@ -527,12 +598,16 @@ def _markdown(
                     lifts.append("n/a" if math.isnan(lift) else f"{lift:+.2f}%")
             epochs = "/".join(str(r["epochs"]) for r in cell["runs"])
             subsets = cell.get("subsets") or {}
+            over = cell.get("subset_seeds", [])
+            fewer = (
+                f" ({len(over)} seed{'s' if len(over) > 1 else ''})" if len(over) != len(cell["runs"]) else ""
+            )
             row = [
                 model,
                 variant,
                 *(_fmt(*cell["test"][c]) for c in cols),
                 *lifts,
-                *(_fmt(*subsets[k]) if k in subsets else "n/a" for k in ("cold", "warm")),
+                *(_fmt(*subsets[k]) + fewer if k in subsets else "n/a" for k in ("cold", "warm")),
                 _fmt(*cell["valid"]),
                 epochs,
             ]
@@ -603,8 +678,9 @@ def _comparison_lines(
             continue
         per_seed = ", ".join(f"{d:+.4f}" for d in c["all"]["per_seed"])
         verdict = c["all"]["verdict"]
+        seeds = f"{len(c['seeds'])}*" if c.get("carried") else str(len(c["seeds"]))
         lines.append(
-            f"| {c['model']} | {name} | {len(c['seeds'])} | {_ci(c['all'])} | {per_seed} | "
+            f"| {c['model']} | {name} | {seeds} | {_ci(c['all'])} | {per_seed} | "
             f"{_ci(c['cold'])} (n={c['cold']['n']}) | {_ci(c['warm'])} (n={c['warm']['n']}) | {verdict} |"
         )
         (above if verdict == "above 0" else below if verdict == "below 0" else []).append(
@@ -619,6 +695,13 @@ def _comparison_lines(
         + ". Every other difference includes zero: no evidence either way at this size.",
         "",
     ]
+    if any(c.get("carried") for c in rows):
+        lines += [
+            "\\* computed by an earlier call of this table from the same runs (same versions), whose test "
+            "predictions this call could not read (not under its LLMCF_HOME nor archived); a run added "
+            "since is not in that row.",
+            "",
+        ]
     return lines
 
 

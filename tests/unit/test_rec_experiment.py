@@ -85,12 +85,49 @@ def test_paired_intervals_survive_a_new_machine(llmcf_home, tmp_path, capsys):
     assert after[("SASRec", "llmcf", "base")]["all"] == before[("SASRec", "llmcf", "base")]["all"]
     assert after[("DIN", "llmcf", "base")]["all"] == before[("DIN", "llmcf", "base")]["all"]
 
-    shutil.rmtree(out / "predictions")  # neither the folders nor the archive: metrics kept, no interval
+    # Neither the folders nor the archive: the rows that an earlier call computed from these same
+    # runs are carried over from the json (marked), with the cells' cold / warm metric.
+    def sasrec_base_row() -> str:
+        return next(
+            line
+            for line in (out / "synth.md").read_text().splitlines()
+            if line.startswith("| SASRec | base |")
+        )
+
+    row_before = sasrec_base_row()
+    shutil.rmtree(out / "predictions")
     assert experiment.main([*argv, "--models", "DIN"]) == 0
-    last = {
-        (c["model"], c["a"], c["b"]): c for c in json.loads((out / "synth.json").read_text())["comparisons"]
-    }
-    assert "missing" in last[("SASRec", "llmcf", "base")] and "all" in last[("DIN", "llmcf", "base")]
+    table = json.loads((out / "synth.json").read_text())
+    last = {(c["model"], c["a"], c["b"]): c for c in table["comparisons"]}
+    carried = last[("SASRec", "llmcf", "base")]
+    assert carried["carried"] and carried["all"] == before[("SASRec", "llmcf", "base")]["all"]
+    assert "all" in last[("DIN", "llmcf", "base")] and "carried" not in last[("DIN", "llmcf", "base")]
+    cells = {(c["model"], c["variant"]): c for c in table["cells"]}
+    assert cells[("SASRec", "base")]["seeds"] == [0, 1]
+    md = (out / "synth.md").read_text()
+    assert sasrec_base_row() == row_before  # its cold / warm columns survive too
+    assert "| SASRec | llmcf − base | 2* |" in md and "computed by an earlier call" in md
+
+    # A run added beside them: its pair cannot join the carried row (no predictions of the others),
+    # so the row with more seeds stays, and says how many it pairs.
+    assert experiment.main([*argv, "--models", "SASRec", "--seeds", "1", "--first-seed", "2"]) == 0
+    table = json.loads((out / "synth.json").read_text())
+    row = next(c for c in table["comparisons"] if (c["model"], c["a"], c["b"]) == ("SASRec", "llmcf", "base"))
+    assert row["carried"] and row["seeds"] == [0, 1] and row["all"] == carried["all"]
+    assert len([r for r in table["runs"] if r["model"] == "SASRec"]) == 6
+    assert "(2 seeds)" in sasrec_base_row()  # cold / warm over seeds 0-1 while the cell has three
+
+    # A run the row was computed from is replaced (base seed 0 again with another lr: another
+    # version), and the other runs' predictions are gone: nothing to carry, no interval.
+    for r in table["runs"]:
+        if r["model"] == "SASRec" and r["seed"] == 2:  # seeds 0-1: removed above
+            shutil.rmtree(llmcf_home / r["folder"])
+    shutil.rmtree(out / "predictions")
+    other_lr = ["--variants", "base", "--set", "rec.lr_overrides.SASRec=0.002"]
+    assert experiment.main([*argv, "--models", "SASRec", "--seeds", "1", *other_lr]) == 0
+    table = json.loads((out / "synth.json").read_text())
+    row = next(c for c in table["comparisons"] if (c["model"], c["a"], c["b"]) == ("SASRec", "llmcf", "base"))
+    assert "missing" in row and "carried" not in row
     capsys.readouterr()
 
 
