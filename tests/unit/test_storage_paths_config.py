@@ -133,10 +133,15 @@ def test_decoding_is_recorded_with_the_same_keys_as_before():
 
 def test_rec_model_section_per_backbone_lr_and_moved_keys(llmcf_home, tmp_path):
     s = with_overrides(load_config_file(CONFIG_DIR / "local.yaml"), ["rec.model.lr=2e-3"])
-    assert s.rec.model.lr == 2e-3 and s.rec.model_for("DIN") == s.rec.model  # no override for DIN
+    assert s.rec.model.lr == 2e-3 and s.rec.model_for("DIN").lr == 2e-3  # no lr override for DIN
     sasrec = s.rec.model_for("SASRec")  # lr_overrides replace model.lr, nothing else
     assert sasrec.lr == s.rec.lr_overrides["SASRec"] != s.rec.model.lr
     assert sasrec.model_dump(exclude={"lr"}) == s.rec.model.model_dump(exclude={"lr"})
+    din = s.rec.model_for("DIN")  # user_dropout_overrides replace model.user_dropout, nothing else
+    assert din.user_dropout == s.rec.user_dropout_overrides["DIN"] != s.rec.model.user_dropout
+    assert din.model_dump(exclude={"user_dropout"}) == s.rec.model.model_dump(exclude={"user_dropout"})
+    assert "SASRec" not in s.rec.user_dropout_overrides  # next-item versions keep model.user_dropout
+    assert with_overrides(s, ["rec.user_dropout_overrides={}"]).rec.model_for("DIN") == s.rec.model
     old = tmp_path / "old.yaml"
     old.write_text("datasets: {}\nrec: {lr: 0.001, batch_size: 64}\n")
     with pytest.raises(Exception, match=r"rec\.lr is now rec\.model\.lr"):
