@@ -21,11 +21,14 @@ lives in one process); anyone can use it to dry-run an object-store deployment o
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -192,6 +195,19 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def locked_dir(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the local folder ``path`` (``flock`` on the folder itself, so no
+    lock file is left in it) while the block runs: processes on one host that read, merge and write
+    files of that folder take turns instead of losing each other's writes. Blocks until free."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def file_sha256(p: Any) -> str:

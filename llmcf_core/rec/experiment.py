@@ -121,8 +121,6 @@ def run_experiment(
 ) -> ExperimentReport:
     out_dir.mkdir(parents=True, exist_ok=True)
     runs_path = out_dir / f"{dataset}.json"
-    earlier_table = {} if fresh else _earlier_table(runs_path)
-    earlier = earlier_table.get("runs", [])
     runs: list[dict[str, Any]] = []
     for model in models:
         for variant in variants:
@@ -163,34 +161,47 @@ def run_experiment(
                         **({"arm": arm} if arm else {}),
                     }
                 )
-    runs, dropped = merge_runs(earlier, runs)
-    counted, retrieval = _baselines(settings, dataset, runs, until, embedder, cot_version)
-    summary = _summarise(runs)
-    comparisons = _comparisons(runs, summary, settings.home, out_dir, earlier_table)
-    fsio.write_text_atomic(
-        runs_path,
-        json.dumps(
-            {
-                "runs": runs,
-                "baselines": counted,
-                "retrieval_baselines": retrieval,
-                "comparisons": comparisons,
-                "cells": _cell_subsets(summary),
-            },
-            indent=2,
-            sort_keys=True,
-            default=str,
-        ),
-    )
-    png_path = out_dir / f"{dataset}.png"
-    _plot(png_path, dataset, summary)
-    md_path = out_dir / f"{dataset}.md"
-    fsio.write_text_atomic(
-        md_path,
-        _markdown(
-            settings, dataset, runs, summary, counted, comparisons, png_path.name, command, dropped, retrieval
-        ),
-    )
+    # The table is read after the training, and read, merged and written under a lock on its
+    # folder: two calls adding runs to one table at once both keep their runs.
+    with fsio.locked_dir(out_dir):
+        earlier_table = {} if fresh else _earlier_table(runs_path)
+        runs, dropped = merge_runs(earlier_table.get("runs", []), runs)
+        counted, retrieval = _baselines(settings, dataset, runs, until, embedder, cot_version)
+        summary = _summarise(runs)
+        comparisons = _comparisons(runs, summary, settings.home, out_dir, earlier_table)
+        fsio.write_text_atomic(
+            runs_path,
+            json.dumps(
+                {
+                    "runs": runs,
+                    "baselines": counted,
+                    "retrieval_baselines": retrieval,
+                    "comparisons": comparisons,
+                    "cells": _cell_subsets(summary),
+                },
+                indent=2,
+                sort_keys=True,
+                default=str,
+            ),
+        )
+        png_path = out_dir / f"{dataset}.png"
+        _plot(png_path, dataset, summary)
+        md_path = out_dir / f"{dataset}.md"
+        fsio.write_text_atomic(
+            md_path,
+            _markdown(
+                settings,
+                dataset,
+                runs,
+                summary,
+                counted,
+                comparisons,
+                png_path.name,
+                command,
+                dropped,
+                retrieval,
+            ),
+        )
     return ExperimentReport(
         md_path,
         png_path,
@@ -432,11 +443,7 @@ def _comparisons(
             if task not in preds.ref:
                 seeds = []
             old = old_rows.get((model, a, b))
-            if (
-                old is not None
-                and len(old["seeds"]) > len(seeds)
-                and _unchanged(model, (a, b), old["seeds"], now, then)
-            ):
+            if _carries(old, seeds, model, (a, b), now, then):
                 out.append({**old, "carried": True})
                 continue
             row: dict[str, Any] = {"model": model, "task": task, "a": a, "b": b, "seeds": seeds}
@@ -457,11 +464,7 @@ def _comparisons(
         model, variant = cell_key
         seeds = preds.seeds(model, variant) if cell["task"] in preds.ref else []
         old = old_cells.get(cell_key)
-        if (
-            old is not None
-            and len(old["seeds"]) > len(seeds)
-            and _unchanged(model, (variant,), old["seeds"], now, then)
-        ):
+        if _carries(old, seeds, model, (variant,), now, then):
             cell["subsets"] = {k: tuple(v) for k, v in old["subsets"].items()}
             cell["subset_rows"], cell["subset_seeds"] = old["subset_rows"], old["seeds"]
             continue
@@ -483,16 +486,20 @@ def _versions(runs: list[dict[str, Any]]) -> dict[tuple[str, str, int], str]:
     return {(r["model"], cell_variant(r), r["seed"]): r["version"] for r in runs}
 
 
-def _unchanged(
+def _carries(
+    old: dict[str, Any] | None,
+    seeds: list[int],
     model: str,
     cells: tuple[str, ...],
-    seeds: list[int],
     now: dict[tuple[str, str, int], str],
     then: dict[tuple[str, str, int], str],
 ) -> bool:
-    """Whether every run an earlier row was computed from (each seed of each cell) is still in the
-    table as the same version."""
-    keys = [(model, c, s) for c in cells for s in seeds]
+    """Whether an earlier row or cell (``old``) is carried over: it paired more seeds than ``seeds``
+    (those pairable now), and every run it was computed from (each of its seeds of each cell) is
+    still in the table as the same version."""
+    if old is None or len(old["seeds"]) <= len(seeds):
+        return False
+    keys = [(model, c, s) for c in cells for s in old["seeds"]]
     return bool(keys) and all(k in then and now.get(k) == then[k] for k in keys)
 
 

@@ -154,3 +154,28 @@ def test_an_arm_sits_beside_its_variant_and_is_compared_with_it(llmcf_home, tmp_
     assert "| DIN | llmcf[ictdrop0.5] |" in md and "llmcf[ictdrop0.5] − llmcf" in md
     assert experiment.main([*argv, "--variants", "llmcf", "--arm", "bad arm"]) == 2
     capsys.readouterr()
+
+
+def test_two_calls_adding_runs_to_one_table_keep_both(llmcf_home, tmp_path, capsys, monkeypatch):
+    """A call that trains while another call writes the same table reads the table after its own
+    training, under the folder's lock: neither call's runs are lost (the last writer used to win)."""
+    from llmcf_core.rec import experiment as core
+
+    write_synthetic_dataset(llmcf_home, "synth", n_users=10, n_items=12, days=(2, 1, 1))
+    out = tmp_path / "results"
+    argv = ["--dataset", "synth", "--variants", "base", "--seeds", "1", "--workers", "0"]
+    argv += ["--max-epochs", "1", "--embedder", "synth-enc", "--out", str(out)]
+    real_train, other = core.train, []
+
+    def train_while_another_call_lands(*args, **kwargs):
+        result = real_train(*args, **kwargs)
+        if not other:  # the other call finishes while this one is still training
+            other.append(None)
+            other.append(experiment.main([*argv, "--models", "DIN"]))
+        return result
+
+    monkeypatch.setattr(core, "train", train_while_another_call_lands)
+    assert experiment.main([*argv, "--models", "SASRec"]) == 0 and other == [None, 0]
+    runs = json.loads((out / "synth.json").read_text())["runs"]
+    assert sorted(r["model"] for r in runs) == ["DIN", "SASRec"]
+    capsys.readouterr()
