@@ -139,6 +139,11 @@ class DecodingConfig(_Strict):
         return self.num_candidates if self.do_sample else 1
 
 
+def _core_list(value: Any) -> Any:
+    """A core list given as a number (``--set cot.vllm_cpu_threads_bind=0`` parses as YAML) is a string."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 class CotConfig(_Strict):
     """CoT generation (``jobs.generate_cot``, docs/cot.md). Decoding defaults are the paper's."""
 
@@ -185,7 +190,8 @@ class CotConfig(_Strict):
     vllm_cpu_kvcache_gib: int = Field(1, ge=1)  # VLLM_CPU_KVCACHE_SPACE on CPU (1 GiB = ~46k tokens)
     # VLLM_CPU_OMP_THREADS_BIND on CPU: "all" = every core of the machine (here 1.6-1.8x vLLM's default,
     # which keeps a core for the front end), a core list such as "0-15", or null for vLLM's own choice
-    vllm_cpu_threads_bind: str | None = None
+    # (a single core from --set arrives as a number: "...=0" binds core 0)
+    vllm_cpu_threads_bind: Annotated[str | None, BeforeValidator(_core_list)] = None
     vllm_max_restarts: int = Field(
         1, ge=0
     )  # engine actor restarts before the job fails (Ray's default: forever)

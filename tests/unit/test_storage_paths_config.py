@@ -146,3 +146,10 @@ def test_rec_model_section_per_backbone_lr_and_moved_keys(llmcf_home, tmp_path):
     old.write_text("datasets: {}\nrec: {lr: 0.001, batch_size: 64}\n")
     with pytest.raises(Exception, match=r"rec\.lr is now rec\.model\.lr"):
         load_config_file(old)
+
+
+def test_a_single_core_to_bind_vllm_to_is_a_core_list(llmcf_home):
+    """``--set cot.vllm_cpu_threads_bind=0`` parses as the number 0; the field is a core list."""
+    s = load_config_file(CONFIG_DIR / "local.yaml")
+    assert with_overrides(s, ["cot.vllm_cpu_threads_bind=0"]).cot.vllm_cpu_threads_bind == "0"
+    assert with_overrides(s, ["cot.vllm_cpu_threads_bind=0-3"]).cot.vllm_cpu_threads_bind == "0-3"
