@@ -52,6 +52,18 @@ def test_local_fit_checkpoints_and_resumes(rec_settings, tmp_path):
     assert again["epoch"] == 3 and again["final"]["history"] == resumed["final"]["history"]
 
 
+def test_training_flushes_denormals(rec_settings, tmp_path):
+    """Denormal floats (weights that weight decay drove below 1.2e-38) are flushed to zero while a
+    model trains: x86 cores compute with them tens of times slower (an xDeepFM epoch went from 13 s
+    to 150 s)."""
+    tiny = torch.tensor([1e-39])
+    torch.set_flush_denormal(False)
+    assert (tiny * 1.0).item() != 0.0
+    tables = load_tables(rec_settings, "synth", embedder=EMBEDDER)
+    fit(LocalIO(tmp_path, tables.rows("train"), 32, 0), tables, _run(1), None)
+    assert (tiny * 1.0).item() == 0.0
+
+
 def test_early_stopping_keeps_the_best_epoch(rec_settings, tmp_path):
     tables = load_tables(rec_settings, "synth", embedder=EMBEDDER)
     state = fit(LocalIO(tmp_path, tables.rows("train"), 32, 0), tables, _run(30, patience=2), None)
