@@ -56,8 +56,8 @@ def test_training_flushes_denormals(rec_settings, tmp_path):
     """Denormal floats (weights that weight decay drove below 1.2e-38) are flushed to zero while a
     model trains: x86 cores compute with them tens of times slower (an xDeepFM epoch went from 13 s
     to 150 s)."""
-    tiny = torch.tensor([1e-39])
-    torch.set_flush_denormal(False)
+    torch.set_flush_denormal(False)  # an earlier test's training may have turned it on
+    tiny = torch.tensor([1e-39])  # made while off: with the flush on, even this would be 0
     assert (tiny * 1.0).item() != 0.0
     tables = load_tables(rec_settings, "synth", embedder=EMBEDDER)
     fit(LocalIO(tmp_path, tables.rows("train"), 32, 0), tables, _run(1), None)
