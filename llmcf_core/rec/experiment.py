@@ -166,41 +166,8 @@ def run_experiment(
     with fsio.locked_dir(out_dir):
         earlier_table = {} if fresh else _earlier_table(runs_path)
         runs, dropped = merge_runs(earlier_table.get("runs", []), runs)
-        counted, retrieval = _baselines(settings, dataset, runs, until, embedder, cot_version)
-        summary = _summarise(runs)
-        comparisons = _comparisons(runs, summary, settings.home, out_dir, earlier_table)
-        fsio.write_text_atomic(
-            runs_path,
-            json.dumps(
-                {
-                    "runs": runs,
-                    "baselines": counted,
-                    "retrieval_baselines": retrieval,
-                    "comparisons": comparisons,
-                    "cells": _cell_subsets(summary),
-                },
-                indent=2,
-                sort_keys=True,
-                default=str,
-            ),
-        )
-        png_path = out_dir / f"{dataset}.png"
-        _plot(png_path, dataset, summary)
-        md_path = out_dir / f"{dataset}.md"
-        fsio.write_text_atomic(
-            md_path,
-            _markdown(
-                settings,
-                dataset,
-                runs,
-                summary,
-                counted,
-                comparisons,
-                png_path.name,
-                command,
-                dropped,
-                retrieval,
-            ),
+        md_path, png_path, summary = _write_table(
+            settings, dataset, out_dir, runs, earlier_table, dropped, until, embedder, cot_version, command
         )
     return ExperimentReport(
         md_path,
@@ -208,6 +175,59 @@ def run_experiment(
         runs_path,
         {"runs": len(runs), "cells": len(summary), "dropped_stale_runs": dropped},
     )
+
+
+def _write_table(
+    settings: Any,
+    dataset: str,
+    out_dir: Path,
+    runs: list[dict[str, Any]],
+    earlier_table: dict[str, Any],
+    dropped: int,
+    until: dt.date | None,
+    embedder: str | None,
+    cot_version: str | None,
+    command: list[str] | None,
+) -> tuple[Path, Path, dict[tuple[str, str], dict[str, Any]]]:
+    """The table's json, PNG and Markdown from the merged runs (under the folder's lock)."""
+    runs_path = out_dir / f"{dataset}.json"
+    counted, retrieval = _baselines(settings, dataset, runs, until, embedder, cot_version)
+    summary = _summarise(runs)
+    comparisons = _comparisons(runs, summary, settings.home, out_dir, earlier_table)
+    fsio.write_text_atomic(
+        runs_path,
+        json.dumps(
+            {
+                "runs": runs,
+                "baselines": counted,
+                "retrieval_baselines": retrieval,
+                "comparisons": comparisons,
+                "cells": _cell_subsets(summary),
+            },
+            indent=2,
+            sort_keys=True,
+            default=str,
+        ),
+    )
+    png_path = out_dir / f"{dataset}.png"
+    _plot(png_path, dataset, summary)
+    md_path = out_dir / f"{dataset}.md"
+    fsio.write_text_atomic(
+        md_path,
+        _markdown(
+            settings,
+            dataset,
+            runs,
+            summary,
+            counted,
+            comparisons,
+            png_path.name,
+            command,
+            dropped,
+            retrieval,
+        ),
+    )
+    return md_path, png_path, summary
 
 
 def _relative(folder: Any, home: Any) -> str:
