@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from llmcf_core.rec.ict import token_mlp
@@ -43,6 +44,21 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over dim -2 where mask is True: (..., L, E), (..., L) -> (..., E); zeros if none."""
     w = mask.to(x.dtype).unsqueeze(-1)  # (..., L, 1)
     return (x * w).sum(-2) / w.sum(-2).clamp_min(1.0)
+
+
+def mean_of_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``masked_mean(table[index], index > 0)`` for a frozen ``table`` (I+1, D) whose row 0 is the
+    padding: (*S, L) indices -> (*S, D) means over the non-zero indices, zeros where there are none.
+
+    One fused gather-and-sum (``embedding_bag``) instead of materialising the (*S, L, D) gather: the
+    history's mean text embedding of every current sample and retrieved example was the largest
+    tensor of an ICT training step (on one core a DIN llmcf step took 127 ms, 40% of it here).
+    Not for trainable tables: ``table`` gets no gradient through this path."""
+    L = index.shape[-1]
+    flat = index.reshape(-1, L)
+    total = F.embedding_bag(flat, table, mode="sum", padding_idx=0)  # (N, D)
+    count = (flat > 0).sum(-1, keepdim=True).clamp_min(1).to(total.dtype)  # (N, 1)
+    return (total / count).reshape(*index.shape[:-1], table.shape[-1])
 
 
 @dataclass
@@ -108,7 +124,7 @@ class RankingFields(nn.Module):
         if self.with_text:
             fields += [
                 self.text_proj(self.item_text[item]),  # (B, D) -> (B, E)
-                self.text_proj(masked_mean(self.item_text[hist], hist_mask)),  # (B, L, D) -> (B, E)
+                self.text_proj(mean_of_rows(self.item_text, hist)),  # (B, L) -> (B, D) -> (B, E)
             ]
         for j, table in enumerate(self.user_features):
             fields.append(table(user_feat[:, j]) if user_feat is not None else target.new_zeros(target.shape))
@@ -152,7 +168,7 @@ class SequentialFields(nn.Module):
         """(*S, L) history and (*S,) target (None: unknown) -> (*S, 4H)."""
         hist_mask = hist > 0  # (*S, L)
         history = masked_mean(self.item(hist), hist_mask)  # (*S, H)
-        history_text = self.text_proj(masked_mean(self.item_text[hist], hist_mask))  # (*S, H)
+        history_text = self.text_proj(mean_of_rows(self.item_text, hist))  # (*S, H)
         if target is None:
             zeros = history.new_zeros(history.shape)
             return torch.cat((history, history_text, zeros, zeros), dim=-1)  # (*S, 4H)

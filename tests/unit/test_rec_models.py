@@ -198,3 +198,21 @@ def test_ict_dropout_zeroes_the_ict_of_some_training_samples_only(tables_by_task
     with torch.no_grad():
         off.ict_gate.fill_(1.0)
         torch.testing.assert_close(training(off).predict(batch), off.eval().predict(batch))
+
+
+def test_mean_of_rows_is_the_masked_mean_of_the_gathered_rows():
+    """The fused history-text mean equals gather-then-masked-mean, for (B, L) and (B, K, L) indices,
+    including a history that is all padding (zeros) and repeated items."""
+    from llmcf_core.rec.fields import masked_mean, mean_of_rows
+
+    torch.manual_seed(0)
+    table = torch.randn(11, 7)
+    table[0] = 0.0  # row 0 is the padding
+    index = torch.tensor([[3, 3, 5, 0], [0, 0, 0, 0], [10, 1, 2, 9]])  # (B, L)
+    torch.testing.assert_close(mean_of_rows(table, index), masked_mean(table[index], index > 0))
+    assert bool((mean_of_rows(table, index)[1] == 0).all())
+    torch.testing.assert_close(mean_of_rows(table, index)[0], (2 * table[3] + table[5]) / 3)
+    nested = torch.randint(0, 11, (2, 3, 4))  # (B, K, L)
+    got = mean_of_rows(table, nested)
+    assert got.shape == (2, 3, 7)
+    torch.testing.assert_close(got, masked_mean(table[nested], nested > 0))
