@@ -9,9 +9,10 @@ This is the bootstrap path for history (a new dataset, a new environment, the ex
 inputs): the same stage functions as `llmcf_refresh`'s jobs (`jobs.ingest`, `jobs.generate_cot`,
 `jobs.embed_upsert`, `jobs.retrieve`) with the same checks and atomic publishes, but one process
 for the whole range instead of one Ray job per stage and day, so a 200-day history does not pay
-an interpreter and model start-up 800 times. Days run oldest first because a day's histories and
-in-context examples read the days before it; the first failure stops the replay and names the
-day and stage. Every stage is idempotent, so rerunning the same command resumes: published days
+an interpreter and model start-up 800 times. The cot stage of ``--cot-days`` days runs as one
+generation call (the days share decode steps; each day is still checked and published alone).
+Days run oldest first because a day's histories and in-context examples read the days before it;
+the first failure stops the replay and names the day and stage. Every stage is idempotent, so rerunning the same command resumes: published days
 are recomputed cheaply and left byte-identical (CoTs and Qdrant points are reused, not redone).
 
 The stages work on one CoT version: `--cot-version`, else the one the configured `cot` settings
@@ -98,6 +99,50 @@ def run_day(
     return out
 
 
+def run_days(
+    settings: Any,
+    dataset: str,
+    days: list[dt.date],
+    stages: list[str],
+    tasks: list[str],
+    logs: dict[str, str | None] | None = None,
+    skip_missing_cot: bool = False,
+    cot_version: str | None = None,
+) -> list[dict[str, Any]]:
+    """``run_day`` for consecutive ``days``, with one CoT generation call for all of them: the stages
+    before cot day by day, then the cot stage over the days together (each day still checked and
+    published on its own), then the stages after it day by day. Each stage of a day reads only that
+    day and earlier ones, so this order publishes what day-by-day order does; a small day no longer
+    pays every decode step alone. Returns one ``run_day`` result per day (the cot call's seconds
+    shared out in proportion to the CoTs each day generated)."""
+    if "cot" not in stages or len(days) == 1:
+        return [
+            run_day(settings, dataset, d, stages, tasks, logs, skip_missing_cot, cot_version) for d in days
+        ]
+    from llmcf_core.cot.pipeline import generate_cot_partitions
+
+    before = [s for s in stages if STAGES.index(s) < STAGES.index("cot")]
+    after = [s for s in stages if STAGES.index(s) > STAGES.index("cot")]
+    outs = [run_day(settings, dataset, d, before, tasks, logs) for d in days]
+    started = time.perf_counter()
+    try:
+        results = generate_cot_partitions(settings, dataset, days)
+    except Exception as exc:
+        exc.add_note(
+            f"replay stopped at {dataset} dt={days[0]}..{days[-1]} stage cot (days before are published)"
+        )
+        raise
+    seconds = time.perf_counter() - started
+    generated = sum(r.generated for r in results)
+    for out, result in zip(outs, results, strict=True):
+        out["cot_generated"] = result.generated
+        share = result.generated / generated if generated else 1 / len(days)
+        out["cot_s"] = round(seconds * share, 2)
+    for out, day in zip(outs, days, strict=True):
+        out |= run_day(settings, dataset, day, after, tasks, logs, skip_missing_cot, cot_version)
+    return outs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.replay", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, help="configured dataset (ml-100k, ml-1m)")
@@ -120,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         "--cot-version",
         help="MODEL_VERSION__PROMPT_VERSION for the embed and neighbors stages (default: what the cot "
         "settings write when the cot stage runs, else <dataset>/cot/CURRENT)",
+    )
+    parser.add_argument(
+        "--cot-days",
+        type=int,
+        default=30,
+        help="days per CoT generation call (default 30): their prompts share the decode steps; "
+        "1 generates day by day",
     )
     parser.add_argument(
         "--promote",
@@ -157,30 +209,37 @@ def main(argv: list[str] | None = None) -> int:
 
             paths = RetrievalPaths(settings.home, dataset, settings.embedding.embedder)
             cot_version = read_current_cot(paths).folder
+        if args.cot_days < 1:
+            raise InvalidArgument(f"--cot-days must be >= 1, not {args.cot_days}")
         days = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
         totals: dict[str, float] = {}
         rows = {"samples_rows": 0, "cot_generated": 0, "pool_rows": 0}
         skipped: list[str] = []
         started = time.perf_counter()
-        for n, day in enumerate(days, 1):
-            info = run_day(
+        logs = {"interactions": args.interactions, "items": args.items, "users": args.users}
+        n = 0
+        for first in range(0, len(days), args.cot_days):
+            chunk = days[first : first + args.cot_days]
+            infos = run_days(
                 settings,
                 dataset,
-                day,
+                chunk,
                 stages,
                 tasks,
-                {"interactions": args.interactions, "items": args.items, "users": args.users},
+                logs,
                 skip_missing_cot=args.skip_days_without_cot,
                 cot_version=cot_version,
             )
-            if info.pop("embed_skipped", False):
-                skipped.append(day.isoformat())
-            for key, value in info.items():
-                if key.endswith("_s"):
-                    totals[key] = round(totals.get(key, 0.0) + value, 2)
-                elif key in rows and value:
-                    rows[key] += int(value)
-            log.info("replay %s dt=%s (%d/%d): %s", dataset, day, n, len(days), info)
+            for day, info in zip(chunk, infos, strict=True):
+                n += 1
+                if info.pop("embed_skipped", False):
+                    skipped.append(day.isoformat())
+                for key, value in info.items():
+                    if key.endswith("_s"):
+                        totals[key] = round(totals.get(key, 0.0) + value, 2)
+                    elif key in rows and value:
+                        rows[key] += int(value)
+                log.info("replay %s dt=%s (%d/%d): %s", dataset, day, n, len(days), info)
         promoted = None
         if args.promote:
             from llmcf_core.retrieval.promote import promote

@@ -89,3 +89,20 @@ def merge_rows(*tables: pa.Table) -> pd.DataFrame:
         return empty_table().to_pandas()
     merged = pd.concat(frames, ignore_index=True)
     return merged.drop_duplicates(subset="sample_id", keep="last").reset_index(drop=True)
+
+
+def group_blocks(plan: pd.DataFrame, size: int) -> list[pd.DataFrame]:
+    """The rows of ``plan`` (column ``block``) as consecutive whole blocks joined into frames of at
+    least ``size`` rows (the last one may be smaller): one model call per frame. A block is never
+    split, so a frame's candidates complete its blocks; small blocks (a few samples of a day each,
+    in a call over many days) share a call instead of each paying every decode step alone."""
+    frames, pending, rows = [], [], 0
+    for _, block in plan.groupby("block", sort=True):
+        pending.append(block)
+        rows += len(block)
+        if rows >= size:
+            frames.append(pd.concat(pending))
+            pending, rows = [], 0
+    if pending:
+        frames.append(pd.concat(pending))
+    return frames

@@ -41,6 +41,7 @@ from typing import Any
 import pandas as pd
 
 from llmcf_core.config import DecodingConfig
+from llmcf_core.cot.blocks import group_blocks
 from llmcf_core.cot.engine_hf import CANDIDATE_COLUMNS
 from llmcf_core.cot.score import FINISH_LENGTH, FINISH_STOP
 from llmcf_core.layout import InvalidArgument
@@ -276,7 +277,8 @@ def _local_engine(model_source: str, frozen_engine_kwargs: str, frozen_env: str)
 
 
 def _run_local(plan: pd.DataFrame, cfg: Any, model_source: str, eos: list[int]) -> Iterator[pd.DataFrame]:
-    """One ``SamplingParams(n=N)`` request per prompt on an in-process engine, a block at a time."""
+    """One ``SamplingParams(n=N)`` request per prompt on an in-process engine, whole blocks of about
+    ``cot.block_size`` prompts a call."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -289,7 +291,7 @@ def _run_local(plan: pd.DataFrame, cfg: Any, model_source: str, eos: list[int]) 
         json.dumps(cpu_engine_env(cfg), sort_keys=True),
     )
     tokenizer = _tokenizer(model_source)
-    for block, frame in plan.groupby("block", sort=True):
+    for frame in group_blocks(plan, cfg.block_size):  # whole blocks, about block_size prompts a call
         prompts = [
             TokensPrompt(prompt_token_ids=tokenizer(p, add_special_tokens=False)["input_ids"])
             for p in frame["prompt"]
@@ -297,7 +299,7 @@ def _run_local(plan: pd.DataFrame, cfg: Any, model_source: str, eos: list[int]) 
         params = [SamplingParams(**sampling_params(decoding, sid)) for sid in frame["sample_id"]]
         outputs = engine.generate(prompts, params, use_tqdm=False)
         rows = []
-        for sid, out in zip(frame["sample_id"], outputs, strict=True):
+        for sid, block, out in zip(frame["sample_id"], frame["block"], outputs, strict=True):
             for cand in sorted(out.outputs, key=lambda c: c.index):
                 n_tokens, finish = _length_and_finish(list(cand.token_ids), decoding.max_new_tokens, eos)
                 rows.append(

@@ -35,7 +35,7 @@ from llmcf_core import layout, storage
 from llmcf_core.config import CotConfig, Settings
 from llmcf_core.cot import versions as cot_versions
 from llmcf_core.cot.backend import resolve_backend, vllm_importable
-from llmcf_core.cot.blocks import BlockStore, empty_table, merge_rows, to_table
+from llmcf_core.cot.blocks import BlockStore, empty_table, group_blocks, merge_rows, to_table
 from llmcf_core.cot.check import check_cot
 from llmcf_core.cot.pool import select_pool
 from llmcf_core.cot.prompt import PromptBuilder, effective_prompt_version, template, tokenizer_markers
@@ -189,13 +189,14 @@ def _run_transformers(plan: pd.DataFrame, cfg: CotConfig, model_dir: str) -> Ite
     """Candidate rows from a Ray Data actor pool running batched generate().
 
     Below ``cfg.ray_min_prompts`` prompts the same generator class runs in this process instead,
-    over batches of at most ``batch_size`` prompts (one block at a time).
+    over batches of at most ``batch_size`` prompts (whole blocks joined up to ``batch_size``, then
+    split into batches of ``batch_size``).
     """
     frames = [group for _, group in plan.loc[:, ["sample_id", "block", "prompt"]].groupby("block", sort=True)]
     kwargs = _generator_kwargs(cfg, model_dir)
     if len(plan) < cfg.ray_min_prompts:
         generator = _local_generator(json.dumps(kwargs, sort_keys=True))
-        for frame in frames:
+        for frame in group_blocks(plan.loc[:, ["sample_id", "block", "prompt"]], cfg.batch_size):
             for start in range(0, len(frame), cfg.batch_size):
                 yield generator(frame.iloc[start : start + cfg.batch_size].reset_index(drop=True))
         return
@@ -248,46 +249,83 @@ def _read_published(folder) -> Any:
     return storage.read_partition(folder) if storage.is_published(folder) else empty_table()
 
 
+@dataclass
+class _DayWork:
+    """One day partition of a CoT call: what is published, what is committed, what is left."""
+
+    day: dt.date
+    paths: DataPaths
+    pool: pd.DataFrame
+    published: Any
+    store: BlockStore
+    final_dir: Any
+    todo: pd.DataFrame
+    resumed_blocks: int
+    new_blocks: int = 0
+    generated_tokens: int = 0
+    generation_s: float = 0.0
+
+
 def _generate(
-    todo: pd.DataFrame,
-    paths: DataPaths,
+    work: list[_DayWork],
     cfg: CotConfig,
     ref: cot_versions.ModelRef,
     tokenizer: Any,
-    store: BlockStore,
     mv: str,
     pv: str,
     forbidden: list[str],
-) -> tuple[int, int, float]:
-    """Prompts for ``todo``, generation, block commits; (new blocks, generated tokens, seconds)."""
-    items = storage.read_partition(paths.items, columns=["item_id", "title", "genres", "text"]).to_pandas()
+) -> None:
+    """Prompts for every day's ``todo``, one generation stream over all of them, block commits per
+    day. Each day's blocks are numbered in its own block store; the stream sees them renumbered
+    across the days. Sets each day's new blocks, generated tokens and its share of the stream's
+    seconds (in proportion to its generated tokens: the days decode in the same batches)."""
+    items = storage.read_partition(work[0].paths.items, columns=["item_id", "title", "genres", "text"])
     builder = PromptBuilder(
         tokenizer,
-        items,
+        items.to_pandas(),
         prompt_version=cfg.prompt_version,
         label_conditioned=cfg.label_conditioned,
         history_items=cfg.prompt_history_items,
         max_prompt_tokens=cfg.max_prompt_tokens,
     )
-    plan = builder.build(todo)
-    first = store.next_index()
-    plan["block"] = [first + i // cfg.block_size for i in range(len(plan))]
-    committer = BlockCommitter(
-        store,
-        plan,
-        n_candidates=cfg.decoding.candidates,
-        model_version=mv,
-        prompt_version=pv,
-        label_conditioned=cfg.label_conditioned,
-        min_chars=cfg.min_cot_chars,
-        forbidden=forbidden,
-    )
-    committer.commit_ready()  # blocks whose prompts all failed need no model
+    plans, committers, owner = [], [], {}  # owner: stream block -> (day index, the day's own block)
+    for i, w in enumerate(work):
+        plan = builder.build(w.todo)
+        first = w.store.next_index()
+        plan["block"] = [first + j // cfg.block_size for j in range(len(plan))]
+        committer = BlockCommitter(
+            w.store,
+            plan,
+            n_candidates=cfg.decoding.candidates,
+            model_version=mv,
+            prompt_version=pv,
+            label_conditioned=cfg.label_conditioned,
+            min_chars=cfg.min_cot_chars,
+            forbidden=forbidden,
+        )
+        committer.commit_ready()  # blocks whose prompts all failed need no model
+        committers.append(committer)
+        stream_plan = plan.copy()
+        local = sorted(set(plan["block"]))
+        ids = {b: len(owner) + n for n, b in enumerate(local)}
+        owner |= {ids[b]: (i, b) for b in local}
+        stream_plan["block"] = plan["block"].map(ids)
+        plans.append(stream_plan)
+    plan = pd.concat(plans, ignore_index=True)
     started = time.perf_counter()
     for candidates in candidates_stream(plan, cfg, str(ref.path), tokenizer):
-        committer.add(candidates)
-    committer.finish()
-    return len(committer.committed), committer.generated_tokens, time.perf_counter() - started
+        day_of = candidates["block"].map(lambda b: owner[int(b)][0])
+        for i, part in candidates.groupby(day_of):
+            part = part.copy()
+            part["block"] = part["block"].map(lambda b: owner[int(b)][1])
+            committers[int(i)].add(part)
+    seconds = time.perf_counter() - started
+    for committer in committers:
+        committer.finish()
+    tokens = sum(c.generated_tokens for c in committers)
+    for w, committer in zip(work, committers, strict=True):
+        w.new_blocks, w.generated_tokens = len(committer.committed), committer.generated_tokens
+        w.generation_s = seconds * committer.generated_tokens / tokens if tokens else seconds / len(work)
 
 
 def version_written(cfg: CotConfig, home: Any) -> str:
@@ -306,6 +344,26 @@ def generate_cot_partition(
     cot: CotConfig | None = None,
 ) -> CotResult:
     """Generate, check and publish the CoTs of one day partition (see the module docstring)."""
+    return generate_cot_partitions(settings, dataset, [day], cot=cot)[0]
+
+
+def generate_cot_partitions(
+    settings: Settings,
+    dataset: str,
+    days: list[dt.date],
+    *,
+    cot: CotConfig | None = None,
+) -> list[CotResult]:
+    """Generate the CoTs of several day partitions in one generation stream, then check and publish
+    each day as ``generate_cot_partition`` does, oldest first.
+
+    A decode step costs about the same for 2 prompts as for 64, so a small day (a 1% pool has a few
+    samples a day) pays the full ``max_new_tokens`` steps alone; together the days share them.
+    Each day keeps its own blocks, check and atomic publish: if one day's check fails, the days
+    before it are published, its blocks and the later days' blocks stay committed for the rerun,
+    and the error names the day."""
+    if not days:
+        return []
     cfg = cot or settings.cot
     cfg = cfg.model_copy(update={"backend": resolve_backend(cfg)})
     if cfg.backend == "vllm" and not vllm_importable():
@@ -314,21 +372,34 @@ def generate_cot_partition(
             "(`make setup-vllm`; jobs.generate_cot and jobs.replay switch to it themselves)"
         )
     paths = DataPaths(settings.home, dataset)
-    partition = day.isoformat()
-    samples_dir = paths.samples(day)
-    if not storage.is_published(samples_dir):
-        raise InvalidArgument(
-            f"samples of {dataset} dt={partition} are not published ({samples_dir}): run jobs.ingest"
-        )
+    for day in days:
+        samples_dir = paths.samples(day)
+        if not storage.is_published(samples_dir):
+            raise InvalidArgument(
+                f"samples of {dataset} dt={day.isoformat()} are not published ({samples_dir}): run jobs.ingest"
+            )
     if not storage.is_published(paths.items):
         raise InvalidArgument(f"items of {dataset} are not published ({paths.items}): run jobs.ingest")
     template(cfg.prompt_version)  # unknown versions fail before any work
     ref = cot_versions.resolve_cot_model(cfg.model, settings.home)
     mv, pv = ref.model_version, effective_prompt_version(cfg.prompt_version, cfg.label_conditioned)
-    final_dir = layout.version_dir(paths, day, mv, pv)
-    store = BlockStore(layout.blocks_dir(paths, day, mv, pv))
+    work = [_prepare_day(paths, day, cfg, mv, pv) for day in sorted(set(days))]
 
-    pool = select_pool(storage.read_partition(samples_dir).to_pandas(), cfg.pool_fraction)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ref.path)
+    forbidden = [*template(cfg.prompt_version).markers, *tokenizer_markers(tokenizer)]
+    busy = [w for w in work if len(w.todo)]
+    if busy:
+        _generate(busy, cfg, ref, tokenizer, mv, pv, forbidden)
+    return [_check_and_publish(settings, dataset, w, cfg, ref, mv, pv, forbidden) for w in work]
+
+
+def _prepare_day(paths: DataPaths, day: dt.date, cfg: CotConfig, mv: str, pv: str) -> _DayWork:
+    """The day's pool, and which of its samples still need a CoT (no published or committed row)."""
+    store = BlockStore(layout.blocks_dir(paths, day, mv, pv))
+    final_dir = layout.version_dir(paths, day, mv, pv)
+    pool = select_pool(storage.read_partition(paths.samples(day)).to_pandas(), cfg.pool_fraction)
     published = _read_published(final_dir)
     resumed_blocks = len(store.files())
     existing = merge_rows(published, store.read())
@@ -336,8 +407,8 @@ def generate_cot_partition(
     todo = pool[~pool["sample_id"].isin(set(keep["sample_id"]))]
     log.info(
         "cot %s dt=%s %s__%s: pool %d, reused %d, to generate %d (%d committed blocks)",
-        dataset,
-        partition,
+        paths.dataset,
+        day.isoformat(),
         mv,
         pv,
         len(pool),
@@ -345,18 +416,23 @@ def generate_cot_partition(
         len(todo),
         resumed_blocks,
     )
+    return _DayWork(day, paths, pool, published, store, final_dir, todo, resumed_blocks)
 
-    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(ref.path)
-    forbidden = [*template(cfg.prompt_version).markers, *tokenizer_markers(tokenizer)]
-    new_blocks, generated_tokens, generation_s = 0, 0, 0.0
-    if len(todo):
-        new_blocks, generated_tokens, generation_s = _generate(
-            todo, paths, cfg, ref, tokenizer, store, mv, pv, forbidden
-        )
-
-    rows = merge_rows(published, store.read())
+def _check_and_publish(
+    settings: Settings,
+    dataset: str,
+    w: _DayWork,
+    cfg: CotConfig,
+    ref: cot_versions.ModelRef,
+    mv: str,
+    pv: str,
+    forbidden: list[str],
+) -> CotResult:
+    """Merge the day's published and committed rows, check them (GX suite ``cot``), publish."""
+    day, pool, store, final_dir = w.day, w.pool, w.store, w.final_dir
+    paths, partition = w.paths, w.day.isoformat()
+    rows = merge_rows(w.published, store.read())
     rows = rows.set_index("sample_id").reindex(pool["sample_id"]).reset_index()
     missing = rows["model_version"].isna()
     if missing.any():  # cannot happen unless a block was lost: fail retryably, keep the blocks
@@ -414,13 +490,13 @@ def generate_cot_partition(
         prompt_version=pv,
         backend=cfg.backend,
         pool=len(pool),
-        generated=len(todo),
-        reused=len(pool) - len(todo),
+        generated=len(w.todo),
+        reused=len(pool) - len(w.todo),
         failed=failed,
-        resumed_blocks=resumed_blocks,
-        new_blocks=new_blocks,
-        generated_tokens=generated_tokens,
-        generation_s=round(generation_s, 3),
+        resumed_blocks=w.resumed_blocks,
+        new_blocks=w.new_blocks,
+        generated_tokens=w.generated_tokens,
+        generation_s=round(w.generation_s, 3),
         changed=published_result.changed,
         checks={"cot": report.success},
     )

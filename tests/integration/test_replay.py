@@ -194,3 +194,50 @@ def test_embed_skips_days_without_cot_only_when_asked(llmcf_home, settings, tiny
         assert store.live(DATASET) is None  # nothing promoted: no alias
         name = store.collection_of(PoolSpec(DATASET, e.embedder, e.dim, version.model_version, "v1-lc"))
         assert store.count(name) == 10
+
+
+def test_the_cot_stage_over_several_days_shares_model_calls_and_publishes_what_day_by_day_does(
+    llmcf_home, tiny_dir, tmp_path, monkeypatch, capsys
+):
+    """--cot-days: the three days' 30 prompts go through one batched generate() call instead of one
+    call per day (a day's few prompts otherwise pay every decode step alone), and every day's CoT
+    partition is published on its own with the same rows as a day-by-day replay (--cot-days 1)."""
+    from llmcf_core.config import load_config
+    from llmcf_core.cot.engine_hf import TransformersGenerator
+
+    calls: list[int] = []
+    real_call = TransformersGenerator.__call__
+
+    def counting(self, batch):
+        calls.append(len(batch))
+        return real_call(self, batch)
+
+    monkeypatch.setattr(TransformersGenerator, "__call__", counting)
+    logs = write_logs(tmp_path / "logs")
+    version = _version(tiny_dir)
+    wide = ["--stages", "samples,cot", "--set", "cot.batch_size=32"]
+    published = {}
+    for days_per_call, home in (("1", llmcf_home), ("30", tmp_path / "home-30")):
+        monkeypatch.setenv("LLMCF_HOME", str(home))
+        load_config.cache_clear()
+        calls.clear()
+        assert replay.main(_argv(logs, tiny_dir, *wide, "--cot-days", days_per_call)) == 0
+        result = _result(capsys)
+        assert result["cot_generated"] == 30 and result["stage_seconds"]["cot_s"] > 0
+        assert calls == ([10, 10, 10] if days_per_call == "1" else [30])
+        paths = DataPaths(home, DATASET)
+        published[days_per_call] = {
+            day: storage.read_partition(paths.cot_partition(day, version)).to_pandas() for day in DAYS
+        }
+        for day in DAYS:  # each day's partition holds that day's pool, nothing of the others'
+            samples = storage.read_partition(paths.samples(day)).to_pandas()
+            rows = published[days_per_call][day]
+            assert sorted(rows["sample_id"]) == sorted(samples["sample_id"])
+            assert rows["error"].isna().all()
+    for day in DAYS:
+        one, many = (published[k][day].sort_values("sample_id", ignore_index=True) for k in ("1", "30"))
+        assert list(one["sample_id"]) == list(many["sample_id"])
+        assert list(one["label"]) == list(many["label"])
+    load_config.cache_clear()
+    assert replay.main(_argv(logs, tiny_dir, "--cot-days", "0")) == 2
+    assert "--cot-days must be >= 1" in capsys.readouterr().err

@@ -171,3 +171,18 @@ def test_merge_prefers_later_rows():
     retry = base.iloc[[1]].assign(cot_text="new b", error=None, finish_reason="stop", n_tokens=4)
     merged = merge_rows(to_table(base), to_table(retry)).set_index("sample_id")
     assert merged.loc["a", "cot_text"] == "old a" and merged.loc["b", "cot_text"] == "new b"
+
+
+def test_group_blocks_joins_whole_small_blocks_up_to_the_call_size():
+    from llmcf_core.cot.blocks import group_blocks
+
+    sizes = {0: 3, 1: 2, 2: 5, 3: 1, 4: 9, 5: 2}  # blocks of a call over several small days
+    plan = pd.DataFrame(
+        {"sample_id": [f"s{b}-{i}" for b, n in sizes.items() for i in range(n)]}
+        | {"block": [b for b, n in sizes.items() for _ in range(n)]}
+    )
+    frames = group_blocks(plan.sample(frac=1, random_state=0), 6)  # any row order in
+    assert [sorted(set(f["block"])) for f in frames] == [[0, 1, 2], [3, 4], [5]]
+    assert [len(f) for f in frames] == [10, 10, 2]  # >= 6 each but the last; no block split
+    assert sorted(pd.concat(frames)["sample_id"]) == sorted(plan["sample_id"])
+    assert group_blocks(plan.iloc[:0], 6) == []
