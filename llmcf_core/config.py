@@ -23,7 +23,9 @@ CONFIG_DIR = REPO_ROOT / "configs"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A number given for a text field is its text: YAML (profile files and every ``--set``) reads
+    # ``cot.vllm_cpu_threads_bind=0`` or ``embedding.embedder=123`` as numbers.
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
 
 class DatasetConfig(_Strict):
@@ -139,11 +141,6 @@ class DecodingConfig(_Strict):
         return self.num_candidates if self.do_sample else 1
 
 
-def _core_list(value: Any) -> Any:
-    """A core list given as a number (``--set cot.vllm_cpu_threads_bind=0`` parses as YAML) is a string."""
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
 class CotConfig(_Strict):
     """CoT generation (``jobs.generate_cot``, docs/cot.md). Decoding defaults are the paper's."""
 
@@ -191,7 +188,7 @@ class CotConfig(_Strict):
     # VLLM_CPU_OMP_THREADS_BIND on CPU: "all" = every core of the machine (here 1.6-1.8x vLLM's default,
     # which keeps a core for the front end), a core list such as "0-15", or null for vLLM's own choice
     # (a single core from --set arrives as a number: "...=0" binds core 0)
-    vllm_cpu_threads_bind: Annotated[str | None, BeforeValidator(_core_list)] = None
+    vllm_cpu_threads_bind: str | None = None
     vllm_max_restarts: int = Field(
         1, ge=0
     )  # engine actor restarts before the job fails (Ray's default: forever)

@@ -153,3 +153,16 @@ def test_a_single_core_to_bind_vllm_to_is_a_core_list(llmcf_home):
     s = load_config_file(CONFIG_DIR / "local.yaml")
     assert with_overrides(s, ["cot.vllm_cpu_threads_bind=0"]).cot.vllm_cpu_threads_bind == "0"
     assert with_overrides(s, ["cot.vllm_cpu_threads_bind=0-3"]).cot.vllm_cpu_threads_bind == "0-3"
+
+
+def test_a_number_given_for_any_text_field_is_its_text(llmcf_home, tmp_path):
+    """YAML reads ``123`` and ``1.5`` as numbers; a text field takes them as text, in ``--set`` and in
+    a profile file alike, while numeric fields keep their numbers and still refuse text."""
+    s = load_config_file(CONFIG_DIR / "local.yaml")
+    got = with_overrides(s, ["embedding.embedder=123", "cot.prompt_version=1.5", "cot.block_size=7"])
+    assert (got.embedding.embedder, got.cot.prompt_version, got.cot.block_size) == ("123", "1.5", 7)
+    with pytest.raises(ValueError, match="block_size"):
+        with_overrides(s, ["cot.block_size=seven"])
+    profile = tmp_path / "p.yaml"
+    profile.write_text((CONFIG_DIR / "local.yaml").read_text() + "\nembedding: {embedder: 42}\n")
+    assert load_config_file(profile).embedding.embedder == "42"
