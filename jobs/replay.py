@@ -218,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         logs = {"interactions": args.interactions, "items": args.items, "users": args.users}
         n = 0
-        for first in range(0, len(days), args.cot_days):
-            chunk = days[first : first + args.cot_days]
+        step = args.cot_days if "cot" in stages else 1  # without cot: day by day, logged as it goes
+        for first in range(0, len(days), step):
+            chunk = days[first : first + step]
             infos = run_days(
                 settings,
                 dataset,

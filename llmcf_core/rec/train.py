@@ -43,7 +43,7 @@ from llmcf_core.rec import baselines, registry
 from llmcf_core.rec import metrics as M
 from llmcf_core.rec.backbones import RecModel, SequentialModel, build_model, model_class
 from llmcf_core.rec.dataset import RecTables, apply_control, load_tables
-from llmcf_core.rec.spec import VARIANTS, needs_neighbors, uses_icl
+from llmcf_core.rec.spec import VARIANTS, needs_neighbors, uses_icl, uses_text
 
 log = logging.getLogger(__name__)
 
@@ -373,6 +373,15 @@ def version_id(
     return f"{dataset}-{until.isoformat() if until else 'all'}-s{seed}-{digest}"
 
 
+def _text_marker(task: str, variant: str) -> dict[str, str]:
+    """A run that reads item text gets a version of its own since the history's mean text embedding
+    is summed by ``fields.mean_of_rows`` (2026-12-06): it sums in another order than the gather it
+    replaced, so such runs differ in the last bits and then in their metrics (DIN base seed 0 test
+    AUC 0.76076 -> 0.76059). Runs without text keep their versions: they compute exactly as before."""
+    reads_text = uses_text(variant) if task == "ranking" else uses_icl(variant)
+    return {"text_mean": "fused"} if reads_text else {}
+
+
 def train(
     settings: Any,
     dataset: str,
@@ -434,7 +443,7 @@ def train(
         tables.fingerprint,
         run,
         # format 2: the folder holds the test predictions (older versions are retrained, not reused)
-        {"warm_from": previous, "workers": workers, "format": 2},
+        {"warm_from": previous, "workers": workers, "format": 2, **_text_marker(cls.task, variant)},
     )
     final = registry.version_dir(home, model, variant, version)
     if registry.is_complete(final) and not force:

@@ -297,3 +297,16 @@ def test_ict_dropout_off_keeps_the_version_and_on_changes_it():
     base_off = RunSpec("DIN", "base", 0, off.hp, 32, 256, 3, 5)
     base_on = RunSpec("DIN", "base", 0, on.hp, 32, 256, 3, 5)
     assert version_id("d", None, 0, "f", base_off, {}) == version_id("d", None, 0, "f", base_on, {})
+
+
+def test_runs_that_read_item_text_have_their_own_versions_since_the_fused_text_mean():
+    """The fused history text mean sums in another order: the runs that read item text (ranking
+    variants but base_notext; sequential ICT variants) are marked, the others keep their versions."""
+    from llmcf_core.rec.train import _text_marker
+
+    marked = {"text_mean": "fused"}
+    assert _text_marker("ranking", "base") == _text_marker("ranking", "llmcf") == marked
+    assert _text_marker("ranking", "llmcf_k0") == marked
+    assert _text_marker("ranking", "base_notext") == {}
+    assert _text_marker("sequential", "base") == _text_marker("sequential", "base_notext") == {}
+    assert _text_marker("sequential", "llmcf_shufcot") == marked
