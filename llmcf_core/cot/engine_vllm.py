@@ -18,7 +18,9 @@ seeds ``s, s+1, ..., s+N-1`` (``vllm/v1/engine/parallel_sampling.py``). The in-p
 exactly that one request; the Ray Data path sends the N child requests itself, because Ray 2.60's
 vLLM stage keeps only ``outputs[0]`` of a request (``vLLMOutputData.from_vllm_engine_output``). Both
 paths therefore draw the same texts (a test checks it). ``s`` is a hash of the run seed and the
-sample id, so reruns and resumed blocks draw the same texts whatever the batching.
+sample id, so reruns and resumed blocks draw from the same seeds whatever the batching (the
+texts are identical for identical batch shapes; other shapes change bf16 logits in the last bits,
+after which sampled tokens can part: docs/cot.md).
 
 Failures: ``should_continue_on_error`` turns a failing request into a row carrying
 ``__inference_error__`` (such rows bypass ``postprocess``; :func:`to_candidates` normalises both
