@@ -4,6 +4,7 @@ the job it is running, and the Ray head."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -77,8 +78,17 @@ def _sigterm_leaves_nothing(tmp_path, target: str, ready, ports: dict[str, int])
         ]
         assert not leftovers, leftovers
     finally:
-        if make.poll() is None:
-            make.kill()
+        if make.poll() is None:  # a check failed: stop what make started too, not make alone
+            try:
+                tree = _tree(make.pid)
+            except psutil.Error:
+                tree = []
+            make.send_signal(signal.SIGTERM)  # the demo stops its job, Airflow and Ray on SIGTERM
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                make.wait(timeout=90)
+            for p in tree:  # SIGKILL to make alone left the demo running for 40 min after a timeout
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
         log.close()
 
 
