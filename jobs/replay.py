@@ -12,8 +12,9 @@ for the whole range instead of one Ray job per stage and day, so a 200-day histo
 an interpreter and model start-up 800 times. The cot stage of ``--cot-days`` days runs as one
 generation call (the days share decode steps; each day is still checked and published alone).
 Days run oldest first because a day's histories and in-context examples read the days before it;
-the first failure stops the replay and names the day and stage. Every stage is idempotent, so rerunning the same command resumes: published days
-are recomputed cheaply and left byte-identical (CoTs and Qdrant points are reused, not redone).
+the first failure stops the replay and names the day and stage. Every stage is idempotent, so
+rerunning the same command resumes: published days are recomputed cheaply and left
+byte-identical (CoTs and Qdrant points are reused, not redone).
 
 The stages work on one CoT version: `--cot-version`, else the one the configured `cot` settings
 write when the cot stage runs, else the promoted one (`cot/CURRENT`). `--promote` promotes it at the
