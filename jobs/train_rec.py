@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--variant",
         default="llmcf",
-        help="base, base_notext, llmcf, llmcf_wocot, llmcf_mean, llmcf_k0, llmcf_random, llmcf_shufcot",
+        help="base, base_notext, llmcf, llmcf_wocot, llmcf_mean, llmcf_k0, llmcf_random, llmcf_shufcot, "
+        "llmcf_recon",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--until", help="last day (YYYY-MM-DD) of data to use; default: every published day")

@@ -56,7 +56,7 @@ from llmcf_core.rec.train import train
 
 log = logging.getLogger(__name__)
 
-CONTROLS = ("llmcf_k0", "llmcf_random", "llmcf_shufcot", "llmcf_wocot", "llmcf_mean")
+CONTROLS = ("llmcf_k0", "llmcf_random", "llmcf_shufcot", "llmcf_recon", "llmcf_wocot", "llmcf_mean")
 SUBSETS = ("all", "cold", "warm")
 RANKING_COLUMNS = ("auc", "logloss")
 SEQUENTIAL_COLUMNS = tuple(f"{m}@{k}" for k in TOP_KS for m in ("hit", "ndcg"))
@@ -570,7 +570,8 @@ def _markdown(
         "others. Variants: `base` backbone with the item text fields (ranking; sequential backbones "
         "are id-based), `base_notext` without them (the paper's base), `llmcf` backbone + ICT, "
         "controls `llmcf_k0` (ICT without examples), `llmcf_random` (random earlier examples, same "
-        "labels), `llmcf_shufcot` (CoTs permuted within a label), `llmcf_wocot`, `llmcf_mean`; "
+        "labels), `llmcf_shufcot` (CoTs permuted within a label), `llmcf_recon` (trained with the "
+        "reconstruction loss, ICT output cut: scores as its backbone), `llmcf_wocot`, `llmcf_mean`; "
         "`<variant>[<arm>]`: the variant trained with the settings its arm names (the `--set`s in the "
         "run's command).",
         "",

@@ -22,6 +22,8 @@ Variants (``llmcf_core.rec.spec.VARIANTS``):
     llmcf_k0     the decoder over the current sample's token alone (T = 1): the module's capacity
                  without examples, a control; its output is not zeroed for want of examples
     llmcf_random, llmcf_shufcot   as llmcf (they change the examples and CoTs it is given)
+    llmcf_recon  as llmcf; the backbone fixes its gate at 0 (the module is trained by the
+                 reconstruction loss alone and its output never reaches the score)
 
 Shapes: B batch, K examples, P tokens per example (3, or 2 without CoT), T = P*K + 1 tokens,
 C model width, F feature size, D CoT embedding size, H heads, hd = C / H head size.
@@ -36,6 +38,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from llmcf_core.rec.spec import VARIANTS
 
 MAX_TOKENS = 256  # RoPE tables are precomputed up to this many positions (K <= 85)
 
@@ -270,7 +274,7 @@ def ict_config_for(
     """The ICTConfig of a variant, or None for ``base`` (backbone alone)."""
     if variant in ("base", "base_notext"):
         return None
-    if variant not in ("llmcf", "llmcf_wocot", "llmcf_mean", "llmcf_k0", "llmcf_random", "llmcf_shufcot"):
+    if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}")
     return ICTConfig(
         feature_dim=feature_dim,

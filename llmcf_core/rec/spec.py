@@ -24,6 +24,8 @@ import numpy as np
 # llmcf_k0      the ICT with only the current sample's token: its capacity, no examples
 # llmcf_random  random earlier pool examples with the retrieved examples' labels, not the neighbours
 # llmcf_shufcot the retrieved examples with CoT vectors permuted among pool rows of the same label
+# llmcf_recon   llmcf trained with its reconstruction loss, its output cut (gate fixed at 0): the
+#               CoTs shape the shared embeddings as an auxiliary target; scoring is the backbone's
 VARIANTS = (
     "base",
     "base_notext",
@@ -33,6 +35,7 @@ VARIANTS = (
     "llmcf_k0",
     "llmcf_random",
     "llmcf_shufcot",
+    "llmcf_recon",
 )
 BASE_VARIANTS = ("base", "base_notext")
 TASKS = ("ranking", "sequential")

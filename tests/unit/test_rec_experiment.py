@@ -179,3 +179,13 @@ def test_two_calls_adding_runs_to_one_table_keep_both(llmcf_home, tmp_path, caps
     runs = json.loads((out / "synth.json").read_text())["runs"]
     assert sorted(r["model"] for r in runs) == ["DIN", "SASRec"]
     capsys.readouterr()
+
+
+def test_each_control_is_compared_with_base_and_with_llmcf():
+    from llmcf_core.rec.experiment import CONTROLS, _pairs
+
+    assert "llmcf_recon" in CONTROLS
+    pairs = _pairs(["base", "base_notext", "llmcf", *CONTROLS])
+    for control in CONTROLS:
+        assert (control, "base") in pairs and ("llmcf", control) in pairs
+    assert ("llmcf", "base_notext") in pairs

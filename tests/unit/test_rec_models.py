@@ -68,7 +68,7 @@ def test_every_model_trains_and_its_loss_falls(tables_by_task, name, variant):
         terms.total.backward()
         optimizer.step()
         losses.append(terms.total.item())
-        if variant in ("llmcf", "llmcf_mean", "llmcf_random", "llmcf_shufcot"):
+        if variant in ("llmcf", "llmcf_mean", "llmcf_random", "llmcf_shufcot", "llmcf_recon"):
             assert terms.recon.item() > 0  # the reconstruction term is active
         else:
             assert terms.recon.item() == 0
@@ -99,6 +99,33 @@ def test_the_ict_changes_the_prediction(tables_by_task):
         batch["nb_label"] = 1 - batch["nb_label"]
         after = model.predict(batch)
     assert not torch.allclose(before, after)
+
+
+@pytest.mark.parametrize("name", ["DIN", "SASRec"])
+def test_llmcf_recon_trains_the_shared_embeddings_on_cots_but_scores_as_its_backbone(tables_by_task, name):
+    """The control: the reconstruction loss reaches the backbone's embeddings, the ICT output never
+    reaches the score (its gate is a zero buffer that training cannot move)."""
+    tables = tables_by_task[model_class(name).task]
+    torch.manual_seed(0)
+    model = build_model(name, tables.spec(), HP, "llmcf_recon")
+    assert "ict_gate" not in dict(model.named_parameters()) and float(model.ict_gate) == 0.0
+    batch = tables.batch(tables.rows("train")[:32])
+    model.train()
+    terms = model.calculate_loss(batch)
+    assert terms.recon.item() > 0
+    model.zero_grad()
+    terms.recon.backward()
+    assert model.fields.item.weight.grad is not None and model.fields.item.weight.grad.abs().sum() > 0
+    torch.optim.Adam(model.parameters(), lr=0.1).step()
+    assert float(model.ict_gate) == 0.0
+    model.eval()
+    with torch.no_grad():
+        before = model.predict(batch)
+        flipped = dict(batch, nb_label=1 - batch["nb_label"])
+        torch.testing.assert_close(model.predict(flipped), before)  # the examples do not reach the score
+        llmcf = build_model(name, tables.spec(), HP, "llmcf").eval()
+        llmcf.ict_gate.fill_(1.0)
+        assert not torch.allclose(llmcf.predict(flipped), llmcf.predict(batch))  # they do in llmcf
 
 
 def test_precomputed_example_tokens_give_the_same_scores(tables_by_task):

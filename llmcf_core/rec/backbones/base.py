@@ -73,7 +73,14 @@ class RecModel(nn.Module):
         """The ICT output enters through a scalar gate that starts at zero (ReZero, Flamingo's gated
         cross-attention): with ``build_model(seed=)`` an ICT variant then starts as exactly its base's
         function, and the ICT's share grows only as far as it lowers the loss. Gate 1 is the paper's
-        ungated fusion. A plain Parameter: ``build_model``'s init leaves it at 0."""
+        ungated fusion. A plain Parameter: ``build_model``'s init leaves it at 0.
+
+        ``llmcf_recon`` (a control) fixes the gate at 0: a buffer, not a parameter, so the module is
+        trained by the reconstruction loss alone and the score is the backbone's."""
+        if self.ict is not None and self.variant == "llmcf_recon":
+            del self.ict_gate
+            self.register_buffer("ict_gate", torch.zeros(()))
+            return
         self.ict_gate = nn.Parameter(torch.zeros(())) if self.ict is not None else None
 
     def _load_from_state_dict(
