@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds first..first+N-1")
     parser.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
     parser.add_argument("--fresh", action="store_true", help="drop the runs of earlier calls from the table")
+    parser.add_argument(
+        "--force", action="store_true", help="retrain runs whose version exists instead of reusing them"
+    )
     parser.add_argument("--until", help="last day (YYYY-MM-DD) of data; default: every published day")
     parser.add_argument("--partition", help="alias of --until")
     parser.add_argument("--embedder")
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             fresh=args.fresh,
             cot_version=args.cot_version,
             arm=args.arm,
+            force=args.force,
         )
         return report.to_dict()
 

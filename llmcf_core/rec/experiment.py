@@ -118,10 +118,14 @@ def run_experiment(
     fresh: bool = False,
     cot_version: str | None = None,
     arm: str | None = None,
+    force: bool = False,
 ) -> ExperimentReport:
+    """Train (or reuse: the same inputs and settings give the same version) each model x variant x
+    seed, then merge the runs into the table at ``out_dir``. ``force`` retrains existing versions."""
     out_dir.mkdir(parents=True, exist_ok=True)
     runs_path = out_dir / f"{dataset}.json"
     runs: list[dict[str, Any]] = []
+    trained = calls = 0
     for model in models:
         for variant in variants:
             for seed in range(seeds) if isinstance(seeds, int) else seeds:
@@ -136,7 +140,9 @@ def run_experiment(
                     workers=workers,
                     max_epochs=max_epochs,
                     cot_version=cot_version,
+                    force=force,
                 )
+                trained, calls = trained + int(result.trained), calls + 1
                 m = result.metrics
                 runs.append(
                     {
@@ -173,7 +179,13 @@ def run_experiment(
         md_path,
         png_path,
         runs_path,
-        {"runs": len(runs), "cells": len(summary), "dropped_stale_runs": dropped},
+        {
+            "runs": len(runs),
+            "cells": len(summary),
+            "dropped_stale_runs": dropped,
+            "trained": trained,
+            "reused": calls - trained,
+        },
     )
 
 

@@ -50,9 +50,18 @@ def test_experiment_writes_table_plot_and_runs(llmcf_home, tmp_path, capsys):
         (m, v, s) for m in ("DIN", "SASRec") for v in ("base", "llmcf") for s in (0, 1)
     }
 
+    assert result["trained"] == 8 and result["reused"] == 0
     assert experiment.main(argv) == 0  # every run exists: reused, same versions
+    assert (
+        json.loads(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("LLMCF_RESULT "))["reused"]
+        == 8
+    )
     again = json.loads((out / "synth.json").read_text())["runs"]
     assert [r["version"] for r in again] == [r["version"] for r in runs]
+    one = ["--models", "DIN", "--variants", "base", "--seeds", "1"]
+    assert experiment.main([*argv, *one, "--force"]) == 0  # --force retrains an existing version
+    forced = json.loads(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("LLMCF_RESULT "))
+    assert forced["trained"] == 1 and forced["reused"] == 0 and forced["runs"] == 8
 
 
 def test_experiment_rejects_unknown_names(llmcf_home):
