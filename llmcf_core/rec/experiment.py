@@ -98,6 +98,22 @@ def _lift(value: float, base: float, metric: str) -> float:
     return -change if metric in LOWER_IS_BETTER else change
 
 
+def _fingerprints(runs: list[dict[str, Any]]) -> str:
+    """The data fingerprint(s) of the table's runs, per kind of input when they differ (runs pair
+    only within one fingerprint: item vectors differ in their last bits across CPU types)."""
+    names = {("ranking", False): "ranking", ("ranking", True): "ranking with examples"}
+    names |= {("sequential", False): "next item", ("sequential", True): "next item with examples"}
+    kinds: dict[str, set[str]] = {}
+    for r in runs:
+        kind = names.get((r["task"], needs_neighbors(r["variant"])), r["task"])
+        kinds.setdefault(kind, set()).add(r["fingerprint"][:12])
+    if len({p for prints in kinds.values() for p in prints}) == 1:
+        return f"data fingerprint `{next(iter(kinds.values())).pop()}`"
+    return "data fingerprints " + ", ".join(
+        f"{kind} " + "/".join(f"`{p}`" for p in sorted(prints)) for kind, prints in kinds.items()
+    )
+
+
 def _fmt(mean: float, std: float, digits: int = 4) -> str:
     return "n/a" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
@@ -591,7 +607,7 @@ def _markdown(
         + (f"; {dropped} stale run(s) on other data were dropped by this call." if dropped else "."),
         "",
         "Inputs: "
-        f"embedder `{first['embedder']}`, CoT version `{cot}`, data fingerprint `{first['fingerprint'][:12]}`, "
+        f"embedder `{first['embedder']}`, CoT version `{cot}`, {_fingerprints(runs)}, "
         f"rows {data.get('rows')}, in-context pool {data.get('pool_rows', 'n/a')} examples, "
         f"share of retrieved examples with a CoT {data.get('example_share_with_cot', 'n/a')}, "
         f"validation from `{first['valid_source']}`.",

@@ -198,3 +198,25 @@ def test_each_control_is_compared_with_base_and_with_llmcf():
     for control in CONTROLS:
         assert (control, "base") in pairs and ("llmcf", control) in pairs
     assert ("llmcf", "base_notext") in pairs
+
+
+def test_the_table_names_the_data_fingerprint_of_each_kind_of_input():
+    from llmcf_core.rec.experiment import _fingerprints
+
+    def run(task, variant, fingerprint):
+        return {"task": task, "variant": variant, "fingerprint": fingerprint * 64}
+
+    assert _fingerprints([run("ranking", "base", "a"), run("ranking", "base_notext", "a")]) == (
+        "data fingerprint `aaaaaaaaaaaa`"
+    )
+    text = _fingerprints(
+        [
+            run("ranking", "base", "a"),
+            run("ranking", "llmcf_k0", "a"),
+            run("ranking", "llmcf", "b"),
+            run("sequential", "base", "c"),
+        ]
+    )
+    assert text == (
+        "data fingerprints ranking `aaaaaaaaaaaa`, ranking with examples `bbbbbbbbbbbb`, next item `cccccccccccc`"
+    )
