@@ -115,7 +115,7 @@ def run_days(
     published on its own), then the stages after it day by day. Each stage of a day reads only that
     day and earlier ones, so this order publishes what day-by-day order does; a small day no longer
     pays every decode step alone. Returns one ``run_day`` result per day (the cot call's seconds
-    shared out in proportion to the CoTs each day generated)."""
+    shared out as the pipeline does: ``CotResult.day_s``)."""
     if "cot" not in stages or len(days) == 1:
         return [
             run_day(settings, dataset, d, stages, tasks, logs, skip_missing_cot, cot_version) for d in days
@@ -125,7 +125,6 @@ def run_days(
     before = [s for s in stages if STAGES.index(s) < STAGES.index("cot")]
     after = [s for s in stages if STAGES.index(s) > STAGES.index("cot")]
     outs = [run_day(settings, dataset, d, before, tasks, logs) for d in days]
-    started = time.perf_counter()
     try:
         results = generate_cot_partitions(settings, dataset, days)
     except Exception as exc:
@@ -133,12 +132,9 @@ def run_days(
             f"replay stopped at {dataset} dt={days[0]}..{days[-1]} stage cot (days before are published)"
         )
         raise
-    seconds = time.perf_counter() - started
-    generated = sum(r.generated for r in results)
     for out, result in zip(outs, results, strict=True):
         out["cot_generated"] = result.generated
-        share = result.generated / generated if generated else 1 / len(days)
-        out["cot_s"] = round(seconds * share, 2)
+        out["cot_s"] = round(result.day_s, 2)
     for out, day in zip(outs, days, strict=True):
         out |= run_day(settings, dataset, day, after, tasks, logs, skip_missing_cot, cot_version)
     return outs

@@ -68,6 +68,10 @@ class CotResult:
     generation_s: float
     changed: bool
     checks: dict[str, Any] = field(default_factory=dict)
+    # the day's wall seconds in its call: its own preparation, check and publish, plus its share of
+    # the shared part (engine, model call) by generated tokens, as ``generation_s``; the days of one
+    # call sum to the call's seconds
+    day_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -264,6 +268,7 @@ class _DayWork:
     new_blocks: int = 0
     generated_tokens: int = 0
     generation_s: float = 0.0
+    own_s: float = 0.0  # preparation + check + publish of this day alone
 
 
 def _generate(
@@ -383,7 +388,12 @@ def generate_cot_partitions(
     template(cfg.prompt_version)  # unknown versions fail before any work
     ref = cot_versions.resolve_cot_model(cfg.model, settings.home)
     mv, pv = ref.model_version, effective_prompt_version(cfg.prompt_version, cfg.label_conditioned)
-    work = [_prepare_day(paths, day, cfg, mv, pv) for day in sorted(set(days))]
+    started = time.perf_counter()
+    work = []
+    for day in sorted(set(days)):
+        prepared = time.perf_counter()
+        work.append(_prepare_day(paths, day, cfg, mv, pv))
+        work[-1].own_s = time.perf_counter() - prepared
 
     from transformers import AutoTokenizer
 
@@ -392,7 +402,17 @@ def generate_cot_partitions(
     busy = [w for w in work if len(w.todo)]
     if busy:
         _generate(busy, cfg, ref, tokenizer, mv, pv, forbidden)
-    return [_check_and_publish(settings, dataset, w, cfg, ref, mv, pv, forbidden) for w in work]
+    results = []
+    for w in work:
+        checked = time.perf_counter()
+        results.append(_check_and_publish(settings, dataset, w, cfg, ref, mv, pv, forbidden))
+        w.own_s += time.perf_counter() - checked
+    shared = time.perf_counter() - started - sum(w.own_s for w in work)
+    tokens = sum(w.generated_tokens for w in work)
+    for w, result in zip(work, results, strict=True):
+        share = w.generated_tokens / tokens if tokens else 1 / len(work)
+        result.day_s = round(w.own_s + shared * share, 3)
+    return results
 
 
 def _prepare_day(paths: DataPaths, day: dt.date, cfg: CotConfig, mv: str, pv: str) -> _DayWork:

@@ -8,12 +8,14 @@ both tasks. No Ray: everything here is small enough for the in-process paths.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from jobs import replay
 from llmcf_core import storage
+from llmcf_core.cot import pipeline
 from llmcf_core.layout import CotVersion, DataPaths
 from llmcf_core.retrieval.spec import PoolSpec
 from llmcf_core.retrieval.store import QdrantStore
@@ -213,6 +215,16 @@ def test_the_cot_stage_over_several_days_shares_model_calls_and_publishes_what_d
         return real_call(self, batch)
 
     monkeypatch.setattr(TransformersGenerator, "__call__", counting)
+    timed: list[tuple[float, list]] = []  # (wall seconds, results) of each several-day CoT call
+    real_partitions = pipeline.generate_cot_partitions
+
+    def timing(*args, **kwargs):
+        started = time.perf_counter()
+        results = real_partitions(*args, **kwargs)
+        timed.append((time.perf_counter() - started, results))
+        return results
+
+    monkeypatch.setattr(pipeline, "generate_cot_partitions", timing)
     logs = write_logs(tmp_path / "logs")
     version = _version(tiny_dir)
     wide = ["--stages", "samples,cot", "--set", "cot.batch_size=32"]
@@ -221,10 +233,16 @@ def test_the_cot_stage_over_several_days_shares_model_calls_and_publishes_what_d
         monkeypatch.setenv("LLMCF_HOME", str(home))
         load_config.cache_clear()
         calls.clear()
+        timed.clear()
         assert replay.main(_argv(logs, tiny_dir, *wide, "--cot-days", days_per_call)) == 0
         result = _result(capsys)
         assert result["cot_generated"] == 30 and result["stage_seconds"]["cot_s"] > 0
         assert calls == ([10, 10, 10] if days_per_call == "1" else [30])
+        if days_per_call == "30":  # the call's seconds are shared out once: the days sum to the call
+            [(wall, results)] = timed
+            assert all(r.day_s > 0 for r in results)
+            assert sum(r.day_s for r in results) == pytest.approx(wall, rel=0.05, abs=0.05)
+            assert result["stage_seconds"]["cot_s"] == pytest.approx(sum(r.day_s for r in results), abs=0.05)
         paths = DataPaths(home, DATASET)
         published[days_per_call] = {
             day: storage.read_partition(paths.cot_partition(day, version)).to_pandas() for day in DAYS
