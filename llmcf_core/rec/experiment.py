@@ -219,7 +219,16 @@ def _write_table(
 ) -> tuple[Path, Path, dict[tuple[str, str], dict[str, Any]]]:
     """The table's json, PNG and Markdown from the merged runs (under the folder's lock)."""
     runs_path = out_dir / f"{dataset}.json"
-    counted, retrieval = _baselines(settings, dataset, runs, until, embedder, cot_version)
+    counted, retrieval, home_pool = _baselines(
+        settings, dataset, runs, until, embedder, cot_version, earlier_table
+    )
+    cot_quality: list[str] = []
+    if any(needs_neighbors(r["variant"]) for r in runs):  # only runs with examples read CoTs
+        versions = sorted({r["cot_version"] for r in runs if r.get("cot_version")})
+        if home_pool or not earlier_table.get("cot_quality"):
+            cot_quality = _cot_quality_lines(settings, dataset, versions[0] if len(versions) == 1 else None)
+        else:  # this home's CoTs are not the ones the runs read: keep the report of the runs' pool
+            cot_quality = list(earlier_table["cot_quality"])
     summary = _summarise(runs)
     comparisons = _comparisons(runs, summary, settings.home, out_dir, earlier_table)
     fsio.write_text_atomic(
@@ -231,6 +240,7 @@ def _write_table(
                 "retrieval_baselines": retrieval,
                 "comparisons": comparisons,
                 "cells": _cell_subsets(summary),
+                "cot_quality": cot_quality,
             },
             indent=2,
             sort_keys=True,
@@ -253,6 +263,7 @@ def _write_table(
             command,
             dropped,
             retrieval,
+            cot_quality,
         ),
     )
     return md_path, png_path, summary
@@ -309,32 +320,59 @@ def _baselines(
     until: dt.date | None,
     embedder: str | None,
     cot_version: str | None,
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """({task: {split: {baseline: metrics}}}, the same for the retrieved examples), on the tables the
-    models of each task train on. A task with runs that read examples is loaded once, with the
-    examples of the runs' CoT version, and gets both (``baselines.retrieval_baselines``)."""
+    earlier: dict[str, Any] | None = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], bool]:
+    """({task: {split: {baseline: metrics}}}, the same for the retrieved examples, whether this
+    home's pool is the one the runs read), on the tables the models of each task train on. A task
+    with runs that read examples is loaded once, with the examples of the runs' CoT version, and
+    gets both (``baselines.retrieval_baselines``).
+
+    The tables must be the runs' data: where this home's data of a task has another fingerprint
+    than the task's runs (runs made on another machine, whose item vectors differ in the last bits,
+    or on a rebuilt pool), the ``earlier`` table's baselines of that task are kept."""
     from llmcf_core.rec import baselines
     from llmcf_core.rec.dataset import load_tables
 
+    earlier = earlier or {}
     icl = [r for r in runs if needs_neighbors(r["variant"])]
     versions = {r.get("cot_version") for r in icl} - {None}
     version = cot_version or (versions.pop() if len(versions) == 1 else None)
     icl_tasks = {r["task"] for r in icl}
-    counted, retrieved = {}, {}
+    counted, retrieved, home_pool = {}, {}, False
     for task in sorted({r["task"] for r in runs}):
-        tables = None
+        icl_tables = None
         if task in icl_tasks:
             try:
-                tables = load_tables(
+                icl_tables = load_tables(
                     settings, dataset, until=until, embedder=embedder, task=task, cot_version=version
                 )
-                retrieved[task] = baselines.retrieval_baselines(tables, task)
             except InvalidArgument as exc:  # the table still shows the runs; say why this part is missing
                 log.warning("no retrieval baselines for %s %s: %s", dataset, task, exc)
-        if tables is None:
-            tables = load_tables(settings, dataset, until=until, embedder=embedder, task=task, with_icl=False)
+        with_examples = icl_tables is not None
+        kind = [r for r in runs if r["task"] == task and needs_neighbors(r["variant"]) == with_examples]
+        tables = (
+            icl_tables
+            if icl_tables is not None
+            else load_tables(settings, dataset, until=until, embedder=embedder, task=task, with_icl=False)
+        )
+        ours = tables.fingerprint in {r["fingerprint"] for r in kind}
+        kept = task in earlier.get("baselines", {})
+        if not ours and kept:
+            log.warning(
+                "%s %s: this home's data (fingerprint %s) is not the runs': keeping the table's baselines",
+                dataset,
+                task,
+                tables.fingerprint[:12],
+            )
+            counted[task] = earlier["baselines"][task]
+            if task in earlier.get("retrieval_baselines", {}):
+                retrieved[task] = earlier["retrieval_baselines"][task]
+            continue
         counted[task] = baselines.baselines_for(tables, task)
-    return counted, retrieved
+        if with_examples:
+            retrieved[task] = baselines.retrieval_baselines(tables, task)
+            home_pool = home_pool or ours
+    return counted, retrieved, home_pool
 
 
 def _summarise(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -578,6 +616,7 @@ def _markdown(
     command: list[str] | None,
     dropped: int = 0,
     retrieval: dict[str, dict[str, Any]] | None = None,
+    cot_quality: list[str] | None = None,
 ) -> str:
     first = next((r for r in runs if "pool_rows" in r["data"]), runs[0])  # an llmcf run knows the pool
     data = first["data"]
@@ -695,8 +734,7 @@ def _markdown(
                 "",
             ]
         lines += _comparison_lines(task, comparisons, summary)
-    if any(needs_neighbors(r["variant"]) for r in runs):  # only runs with examples read CoTs
-        lines += _cot_quality_lines(settings, dataset, versions[0] if len(versions) == 1 else None)
+    lines += cot_quality or []
     lines += [f"![lift over base by model and variant]({png_name})", ""]
     lines += ["Runs (model folders under `$LLMCF_HOME/models/rec/<model>-<variant>/<version>/`):", ""]
     lines += [f"- {r['model']}-{cell_variant(r)} seed {r['seed']}: `{r['version']}`" for r in runs]

@@ -220,3 +220,38 @@ def test_the_table_names_the_data_fingerprint_of_each_kind_of_input():
     assert text == (
         "data fingerprints ranking `aaaaaaaaaaaa`, ranking with examples `bbbbbbbbbbbb`, next item `cccccccccccc`"
     )
+
+
+def test_baselines_and_cot_report_of_runs_on_other_data_are_kept_not_recomputed(llmcf_home, tmp_path, capsys):
+    """Runs made on another machine (another data fingerprint: item vectors differ in the last bits
+    across CPU types) keep their table's counting and retrieval baselines and CoT report when a call
+    here adds runs of another task; the task whose data is this home's gets its own."""
+    write_synthetic_dataset(llmcf_home, "synth", n_users=10, n_items=12, days=(2, 1, 1))
+    out = tmp_path / "results"
+    argv = ["--dataset", "synth", "--seeds", "1", "--workers", "0", "--max-epochs", "1"]
+    argv += ["--embedder", "synth-enc", "--out", str(out)]
+    assert experiment.main([*argv, "--models", "DIN", "--variants", "base,llmcf"]) == 0
+    path = out / "synth.json"
+    table = json.loads(path.read_text())
+    computed = table["baselines"]["ranking"]["test"]["item_rate"]["auc"]
+    for r in table["runs"]:  # as if the DIN runs had been made on another machine's data
+        r["fingerprint"] = "f" * 64
+    table["baselines"]["ranking"]["test"]["item_rate"]["auc"] = 0.4242
+    table["retrieval_baselines"]["ranking"]["test"]["examples_vote"]["auc"] = 0.4343
+    table["cot_quality"] = ["## CoT quality (the other machine's pool)", "", "kept", ""]
+    path.write_text(json.dumps(table))
+
+    assert experiment.main([*argv, "--models", "SASRec", "--variants", "base"]) == 0
+    after = json.loads(path.read_text())
+    assert {r["model"] for r in after["runs"]} == {"DIN", "SASRec"}
+    assert after["baselines"]["ranking"]["test"]["item_rate"]["auc"] == 0.4242
+    assert after["retrieval_baselines"]["ranking"]["test"]["examples_vote"]["auc"] == 0.4343
+    assert "item_transitions" in after["baselines"]["sequential"]["test"]  # this home's task: computed
+    md = (out / "synth.md").read_text()
+    assert "## CoT quality (the other machine's pool)" in md and "| 0.4242 |" in md
+
+    # DIN run again here (reused from its folder: this home's fingerprint): recomputed from this home.
+    assert experiment.main([*argv, "--models", "DIN", "--variants", "base,llmcf"]) == 0
+    again = json.loads(path.read_text())
+    assert again["baselines"]["ranking"]["test"]["item_rate"]["auc"] == computed != 0.4242
+    assert again["cot_quality"] != table["cot_quality"]
