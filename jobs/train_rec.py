@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from jobs._cli import add_config_options, load_settings, run_job
+from llmcf_core.rec.spec import VARIANTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,8 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--variant",
         default="llmcf",
-        help="base, base_notext, llmcf, llmcf_wocot, llmcf_mean, llmcf_k0, llmcf_random, llmcf_shufcot, "
-        "llmcf_recon",
+        help=", ".join(VARIANTS),
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--until", help="last day (YYYY-MM-DD) of data to use; default: every published day")

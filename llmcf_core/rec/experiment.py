@@ -98,6 +98,12 @@ def _lift(value: float, base: float, metric: str) -> float:
     return -change if metric in LOWER_IS_BETTER else change
 
 
+def input_kind(run: dict[str, Any]) -> tuple[str, bool]:
+    """A run's kind of input: its task, and whether it reads retrieved examples. Runs of one kind
+    share data (one fingerprint); merging, baselines and the table's inputs line go by it."""
+    return run["task"], needs_neighbors(run["variant"])
+
+
 def _fingerprints(runs: list[dict[str, Any]]) -> str:
     """The data fingerprint(s) of the table's runs, per kind of input when they differ (runs pair
     only within one fingerprint: item vectors differ in their last bits across CPU types)."""
@@ -105,7 +111,7 @@ def _fingerprints(runs: list[dict[str, Any]]) -> str:
     names |= {("sequential", False): "next item", ("sequential", True): "next item with examples"}
     kinds: dict[str, set[str]] = {}
     for r in runs:
-        kind = names.get((r["task"], needs_neighbors(r["variant"])), r["task"])
+        kind = names.get(input_kind(r), r["task"])
         kinds.setdefault(kind, set()).add(r["fingerprint"][:12])
     if len({p for prints in kinds.values() for p in prints}) == 1:
         return f"data fingerprint `{next(iter(kinds.values())).pop()}`"
@@ -141,7 +147,7 @@ def run_experiment(
     out_dir.mkdir(parents=True, exist_ok=True)
     runs_path = out_dir / f"{dataset}.json"
     runs: list[dict[str, Any]] = []
-    trained = calls = 0
+    trained = 0
     for model in models:
         for variant in variants:
             for seed in range(seeds) if isinstance(seeds, int) else seeds:
@@ -158,7 +164,7 @@ def run_experiment(
                     cot_version=cot_version,
                     force=force,
                 )
-                trained, calls = trained + int(result.trained), calls + 1
+                trained += int(result.trained)
                 m = result.metrics
                 runs.append(
                     {
@@ -183,6 +189,7 @@ def run_experiment(
                         **({"arm": arm} if arm else {}),
                     }
                 )
+    reused = len(runs) - trained
     # The table is read after the training, and read, merged and written under a lock on its
     # folder: two calls adding runs to one table at once both keep their runs.
     with fsio.locked_dir(out_dir):
@@ -200,7 +207,7 @@ def run_experiment(
             "cells": len(summary),
             "dropped_stale_runs": dropped,
             "trained": trained,
-            "reused": calls - trained,
+            "reused": reused,
         },
     )
 
@@ -294,18 +301,15 @@ def merge_runs(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> tupl
     seed; an earlier run whose input kind (task, with or without neighbours) was re-run here on other
     data (another fingerprint) is stale and dropped. Returns the runs and how many were dropped."""
 
-    def kind(r: dict[str, Any]) -> tuple[str, bool]:
-        return r["task"], needs_neighbors(r["variant"])
-
     fresh_prints: dict[tuple[str, bool], set[str]] = {}
     for r in new:
-        fresh_prints.setdefault(kind(r), set()).add(r["fingerprint"])
+        fresh_prints.setdefault(input_kind(r), set()).add(r["fingerprint"])
     keys = {(r["model"], cell_variant(r), r["seed"]) for r in new}
     kept, dropped = [], 0
     for r in earlier:
         if (r["model"], cell_variant(r), r["seed"]) in keys:
             continue
-        prints = fresh_prints.get(kind(r))
+        prints = fresh_prints.get(input_kind(r))
         if prints is not None and r.get("fingerprint") not in prints:
             dropped += 1
             continue
@@ -349,7 +353,7 @@ def _baselines(
             except InvalidArgument as exc:  # the table still shows the runs; say why this part is missing
                 log.warning("no retrieval baselines for %s %s: %s", dataset, task, exc)
         with_examples = icl_tables is not None
-        kind = [r for r in runs if r["task"] == task and needs_neighbors(r["variant"]) == with_examples]
+        kind = [r for r in runs if input_kind(r) == (task, with_examples)]
         tables = (
             icl_tables
             if icl_tables is not None
