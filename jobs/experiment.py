@@ -12,6 +12,11 @@ with the default as an arm in the same table:
 
     python -m jobs.experiment --dataset ml-100k --models GRU4Rec --variants llmcf --seeds 3 \
         --arm ictdrop0.5 --set rec.model.ict_dropout=0.5
+
+``--render`` rewrites a table from its json and archived predictions (no training, no data read):
+after a change of the table's statistics or layout, on any machine.
+
+    python -m jobs.experiment --dataset ml-100k --render --out docs/results
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         "--set rec.model.ict_dropout=0.5: cells <variant>[<arm>] beside the plain variants, "
         "each compared with base and with its plain variant",
     )
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="rewrite the table at --out from its json and archived predictions: train nothing, read no data",
+    )
     add_config_options(parser, "rec.user_features=true")
     args = parser.parse_args(argv)
 
@@ -58,8 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         from llmcf_core.config import REPO_ROOT
         from llmcf_core.layout import InvalidArgument, check_dataset_name, parse_partition
         from llmcf_core.rec.backbones import model_class
-        from llmcf_core.rec.experiment import run_experiment
+        from llmcf_core.rec.experiment import render_table, run_experiment
         from llmcf_core.rec.spec import VARIANTS
+
+        command = ["python", "-m", "jobs.experiment", *(argv if argv is not None else sys.argv[1:])]
+        out_dir = Path(args.out) if args.out else REPO_ROOT / "docs" / "results"
+        if args.render:
+            settings = load_settings(args.profile, args.set)
+            dataset = check_dataset_name(args.dataset)
+            return render_table(settings, dataset, out_dir=out_dir, command=command).to_dict()
 
         models = [m for m in args.models.split(",") if m]
         variants = [v for v in args.variants.split(",") if v]
@@ -83,12 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             models,
             variants,
             range(args.first_seed, args.first_seed + args.seeds),
-            out_dir=Path(args.out) if args.out else REPO_ROOT / "docs" / "results",
+            out_dir=out_dir,
             until=parse_partition(day) if day else None,
             embedder=args.embedder,
             workers=args.workers,
             max_epochs=args.max_epochs,
-            command=["python", "-m", "jobs.experiment", *(argv if argv is not None else sys.argv[1:])],
+            command=command,
             fresh=args.fresh,
             cot_version=args.cot_version,
             arm=args.arm,

@@ -212,6 +212,38 @@ def run_experiment(
     )
 
 
+def render_table(
+    settings: Any, dataset: str, *, out_dir: Path, command: list[str] | None = None
+) -> ExperimentReport:
+    """Rewrite the table at ``out_dir`` from its own json and archived test predictions, training
+    nothing and reading no data: its runs, baselines and CoT report are kept as they are, the paired
+    intervals and the Markdown are computed again (after a change of the table's statistics or
+    layout, on a machine without the runs' data)."""
+    runs_path = out_dir / f"{dataset}.json"
+    if not runs_path.is_file():
+        raise InvalidArgument(f"render: no table at {runs_path}")
+    with fsio.locked_dir(out_dir):
+        earlier_table = _earlier_table(runs_path)
+        runs = earlier_table.get("runs", [])
+        if not runs:
+            raise InvalidArgument(f"render: no table with runs at {runs_path}")
+        md_path, png_path, summary = _write_table(
+            settings, dataset, out_dir, runs, earlier_table, 0, None, None, None, command, render=True
+        )
+    return ExperimentReport(
+        md_path,
+        png_path,
+        runs_path,
+        {
+            "runs": len(runs),
+            "cells": len(summary),
+            "dropped_stale_runs": 0,
+            "trained": 0,
+            "reused": len(runs),
+        },
+    )
+
+
 def _write_table(
     settings: Any,
     dataset: str,
@@ -223,14 +255,23 @@ def _write_table(
     embedder: str | None,
     cot_version: str | None,
     command: list[str] | None,
+    render: bool = False,
 ) -> tuple[Path, Path, dict[tuple[str, str], dict[str, Any]]]:
-    """The table's json, PNG and Markdown from the merged runs (under the folder's lock)."""
+    """The table's json, PNG and Markdown from the merged runs (under the folder's lock); ``render``:
+    the earlier table's baselines and CoT report as they are, no data read."""
     runs_path = out_dir / f"{dataset}.json"
-    counted, retrieval, home_pool = _baselines(
-        settings, dataset, runs, until, embedder, cot_version, earlier_table
-    )
+    if render:
+        counted = earlier_table.get("baselines", {})
+        retrieval = earlier_table.get("retrieval_baselines", {})
+        home_pool = False
+    else:
+        counted, retrieval, home_pool = _baselines(
+            settings, dataset, runs, until, embedder, cot_version, earlier_table
+        )
     cot_quality: list[str] = []
-    if any(needs_neighbors(r["variant"]) for r in runs):  # only runs with examples read CoTs
+    if render:
+        cot_quality = list(earlier_table.get("cot_quality") or [])
+    elif any(needs_neighbors(r["variant"]) for r in runs):  # only runs with examples read CoTs
         versions = sorted({r["cot_version"] for r in runs if r.get("cot_version")})
         if home_pool or not earlier_table.get("cot_quality"):
             cot_quality = _cot_quality_lines(settings, dataset, versions[0] if len(versions) == 1 else None)
@@ -681,7 +722,7 @@ def _markdown(
             ("retrieved examples, counted", retrieval or {}),
         ):
             by_split = results.get(task) or {}
-            for name, result in (by_split.get("test") or {}).items():
+            for name, result in sorted((by_split.get("test") or {}).items()):  # as the json keeps them
                 valid = (by_split.get("valid") or {}).get(name, {}).get(primary, float("nan"))
                 row = [kind, name, *(_fmt(result.get(c, float("nan")), 0.0) for c in cols)]
                 row += ["–"] * (len(lift_cols) + 2) + [_fmt(valid, 0.0), "–"]
@@ -763,34 +804,43 @@ def _comparison_lines(
         "",
         f"A − B = mean over the paired seeds of {metric}(A) − {metric}(B) on the same test rows, with a "
         f"paired bootstrap 95% interval over test rows ({stats.N_BOOT} resamples, shared by every "
-        "row of this table).",
+        'row of this table). The verdict is the row interval\'s. "over seeds" is a Student-t 95% '
+        "interval over the per-seed differences (n − 1 degrees of freedom): it holds the training "
+        "noise the row interval leaves out, and is wide with few seeds.",
         "",
-        "| model | A − B | seeds | all rows | per seed | cold users | warm users | verdict (all rows) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | A − B | seeds | all rows | over seeds | per seed | cold users | warm users | verdict (all rows) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    above, below = [], []
+    above, below, rows_only = [], [], []
     for c in rows:
         name = f"{c['a']} − {c['b']}"
         if "missing" in c:
-            lines.append(f"| {c['model']} | {name} | – | {c['missing']} | | | | n/a |")
+            lines.append(f"| {c['model']} | {name} | – | {c['missing']} | | | | | n/a |")
             continue
         per_seed = ", ".join(f"{d:+.4f}" for d in c["all"]["per_seed"])
         verdict = c["all"]["verdict"]
+        seed_lo, seed_hi = stats.seed_interval(c["all"]["per_seed"])  # also for rows of older tables
+        over_seeds = "n/a" if math.isnan(seed_lo) else f"[{seed_lo:+.4f}, {seed_hi:+.4f}]"
         seeds = f"{len(c['seeds'])}*" if c.get("carried") else str(len(c["seeds"]))
         lines.append(
-            f"| {c['model']} | {name} | {seeds} | {_ci(c['all'])} | {per_seed} | "
+            f"| {c['model']} | {name} | {seeds} | {_ci(c['all'])} | {over_seeds} | {per_seed} | "
             f"{_ci(c['cold'])} (n={c['cold']['n']}) | {_ci(c['warm'])} (n={c['warm']['n']}) | {verdict} |"
         )
         (above if verdict == "above 0" else below if verdict == "below 0" else []).append(
             f"{c['model']} {name}"
         )
+        if verdict in ("above 0", "below 0") and stats.verdict(seed_lo, seed_hi) != verdict:
+            rows_only.append(f"{c['model']} {name}")
     lines += [
         "",
         "Outside their interval (above zero): "
         + (", ".join(above) or "none")
         + ". Below zero: "
         + (", ".join(below) or "none")
-        + ". Every other difference includes zero: no evidence either way at this size.",
+        + ". Every other difference includes zero: no evidence either way at this size. "
+        + "Outside their row interval but not over seeds (the seeds disagree, or too few to say): "
+        + (", ".join(rows_only) or "none")
+        + ".",
         "",
     ]
     if any(c.get("carried") for c in rows):

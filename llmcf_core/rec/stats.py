@@ -5,6 +5,9 @@ mean over seeds of ``metric(A_s) - metric(B_s)`` (AUC for ranking, NDCG@10 for n
 interval comes from a paired bootstrap over test rows: each resample draws the rows with
 replacement once and scores every model and seed on that same resample, so the interval holds the
 row sampling noise of the difference (the seed noise is averaged, and shown per seed beside it).
+Beside it, ``seed_interval`` gives the seed-level view: a Student-t 95% interval over the per-seed
+differences (n - 1 degrees of freedom), which holds the training noise the row interval leaves out
+(a lift that two of five seeds make can sit above zero over rows and include zero over seeds).
 
 The bootstrap uses multinomial row weights instead of materialised resamples: AUC under weights is
 computed in one pass over each model's score order (tie groups share half their weight, as in
@@ -34,15 +37,10 @@ class Interval:
 
     @property
     def verdict(self) -> str:
-        if np.isnan(self.lo):
-            return "n/a"
-        if self.lo > 0:
-            return "above 0"
-        if self.hi < 0:
-            return "below 0"
-        return "includes 0"
+        return verdict(self.lo, self.hi)
 
     def to_dict(self) -> dict:
+        seed_lo, seed_hi = seed_interval(self.per_seed)
         return {
             "diff": self.diff,
             "lo": self.lo,
@@ -50,7 +48,34 @@ class Interval:
             "per_seed": list(self.per_seed),
             "n": self.n,
             "verdict": self.verdict,
+            "seed_lo": seed_lo,
+            "seed_hi": seed_hi,
+            "seed_verdict": verdict(seed_lo, seed_hi),
         }
+
+
+def verdict(lo: float, hi: float) -> str:
+    """Where an interval lies with respect to zero."""
+    if np.isnan(lo) or np.isnan(hi):
+        return "n/a"
+    if lo > 0:
+        return "above 0"
+    if hi < 0:
+        return "below 0"
+    return "includes 0"
+
+
+def seed_interval(per_seed: list[float] | tuple[float, ...], alpha: float = ALPHA) -> tuple[float, float]:
+    """Student-t (1 - alpha) interval of the mean of the per-seed differences: mean +- t(1 - alpha/2,
+    n - 1) * sd / sqrt(n). NaN for fewer than two seeds (no spread to estimate)."""
+    from scipy.stats import t
+
+    d = np.asarray(per_seed, dtype=np.float64)
+    d = d[~np.isnan(d)]
+    if len(d) < 2:
+        return float("nan"), float("nan")
+    half = float(t.ppf(1 - alpha / 2, len(d) - 1)) * float(d.std(ddof=1)) / np.sqrt(len(d))
+    return float(d.mean() - half), float(d.mean() + half)
 
 
 def ndcg_gain(ranks: np.ndarray, k: int = NDCG_K) -> np.ndarray:

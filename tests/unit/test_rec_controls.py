@@ -192,6 +192,27 @@ def test_paired_interval_on_hand_built_cases():
     assert sub.n == 10 and sub.diff == pytest.approx(1.0)
 
 
+def test_seed_interval_is_a_t_interval_over_the_per_seed_differences():
+    lo, hi = stats.seed_interval([0.01, 0.03])  # mean 0.02, sd 0.01414, t(0.975, 1) = 12.706
+    assert lo == pytest.approx(0.02 - 12.7062 * 0.01, abs=1e-5) and hi == pytest.approx(
+        0.02 + 0.127062, abs=1e-5
+    )
+    assert stats.verdict(lo, hi) == "includes 0"
+    assert stats.verdict(*stats.seed_interval([0.010, 0.011, 0.012, 0.009, 0.010])) == "above 0"
+    # two seeds of five make the lift: above zero over rows can still include zero over seeds
+    assert stats.verdict(*stats.seed_interval([0.004, 0.0035, -0.0004, 0.0, 0.0001])) == "includes 0"
+    assert all(np.isnan(stats.seed_interval([0.02])))  # one seed: no spread to estimate
+    rng = np.random.default_rng(1)
+    labels = (rng.random(500) < 0.5).astype(int)
+    a, b = (
+        [labels + rng.normal(0, 0.8, 500) for _ in range(3)],
+        [labels + rng.normal(0, 1.6, 500) for _ in range(3)],
+    )
+    row = stats.paired_interval("ranking", labels, a, b, n_boot=50).to_dict()
+    assert (row["seed_lo"], row["seed_hi"]) == stats.seed_interval(row["per_seed"])
+    assert row["seed_verdict"] == stats.verdict(row["seed_lo"], row["seed_hi"])
+
+
 def test_merge_runs_keeps_earlier_runs_and_drops_stale_ones():
     def run(model, variant, seed, fp, task="ranking"):
         return {"model": model, "variant": variant, "seed": seed, "fingerprint": fp, "task": task}

@@ -255,3 +255,41 @@ def test_baselines_and_cot_report_of_runs_on_other_data_are_kept_not_recomputed(
     again = json.loads(path.read_text())
     assert again["baselines"]["ranking"]["test"]["item_rate"]["auc"] == computed != 0.4242
     assert again["cot_quality"] != table["cot_quality"]
+
+
+def test_render_rewrites_a_table_from_its_json_and_archive_alone(llmcf_home, tmp_path, capsys):
+    """`--render` on a machine without the runs' data or models: the same rows, from the archived
+    predictions; the baselines and CoT report as the json has them; nothing trained."""
+    write_synthetic_dataset(llmcf_home, "synth", n_users=10, n_items=12, days=(2, 1, 1))
+    out = tmp_path / "results"
+    argv = ["--dataset", "synth", "--models", "DIN", "--variants", "base,llmcf", "--seeds", "2"]
+    assert (
+        experiment.main(
+            [*argv, "--workers", "0", "--max-epochs", "1", "--embedder", "synth-enc", "--out", str(out)]
+        )
+        == 0
+    )
+    table = json.loads((out / "synth.json").read_text())
+    table["baselines"]["ranking"]["test"]["popularity"]["auc"] = 0.4321  # a sentinel: kept, not recomputed
+    table["cot_quality"] = ["## CoT quality (sentinel)", ""]
+    (out / "synth.json").write_text(json.dumps(table))
+    for child in llmcf_home.iterdir():  # no data, no models: only the table and its archive
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    capsys.readouterr()
+
+    assert experiment.main(["--dataset", "synth", "--render", "--out", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("LLMCF_RESULT "))
+    assert result["trained"] == 0 and result["runs"] == 4
+    again = json.loads((out / "synth.json").read_text())
+    assert (
+        again["runs"] == table["runs"]
+        and again["baselines"]["ranking"]["test"]["popularity"]["auc"] == 0.4321
+    )
+    row = next(c for c in again["comparisons"] if (c["a"], c["b"]) == ("llmcf", "base"))
+    old = next(c for c in table["comparisons"] if (c["a"], c["b"]) == ("llmcf", "base"))
+    assert "carried" not in row and row["all"]["diff"] == pytest.approx(old["all"]["diff"], abs=1e-6)
+    assert "seed_lo" in row["all"]
+    md = (out / "synth.md").read_text()
+    assert "| over seeds |" in md and "0.4321" in md and "CoT quality (sentinel)" in md
+    assert "--render" in md.splitlines()[2]
+    assert experiment.main(["--dataset", "synth", "--render", "--out", str(tmp_path / "none")]) == 2
