@@ -57,7 +57,7 @@ demo: setup setup-vllm
 	$(PY) -m llmcf_airflow.demo
 
 test: setup setup-vllm setup-browser
-	$(PY) -m pytest -q --durations=25 tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
+	PY=$(PY) bash tests/run_suites.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

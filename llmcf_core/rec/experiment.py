@@ -198,18 +198,16 @@ def run_experiment(
         md_path, png_path, summary = _write_table(
             settings, dataset, out_dir, runs, earlier_table, dropped, until, embedder, cot_version, command
         )
-    return ExperimentReport(
-        md_path,
-        png_path,
-        runs_path,
-        {
-            "runs": len(runs),
-            "cells": len(summary),
-            "dropped_stale_runs": dropped,
-            "trained": trained,
-            "reused": reused,
-        },
-    )
+    return _report((md_path, png_path, runs_path), runs, summary, dropped, trained, reused)
+
+
+def _report(
+    paths: tuple[Path, Path, Path], runs: list, summary: dict, dropped: int, trained: int, reused: int
+) -> ExperimentReport:
+    """The call's report: the table's files (md, png, json), the table's runs and cells, and what
+    this call trained and reused."""
+    counts = {"runs": len(runs), "cells": len(summary), "dropped_stale_runs": dropped}
+    return ExperimentReport(*paths, {**counts, "trained": trained, "reused": reused})
 
 
 def render_table(
@@ -230,18 +228,7 @@ def render_table(
         md_path, png_path, summary = _write_table(
             settings, dataset, out_dir, runs, earlier_table, 0, None, None, None, command, render=True
         )
-    return ExperimentReport(
-        md_path,
-        png_path,
-        runs_path,
-        {
-            "runs": len(runs),
-            "cells": len(summary),
-            "dropped_stale_runs": 0,
-            "trained": 0,
-            "reused": len(runs),
-        },
-    )
+    return _report((md_path, png_path, runs_path), runs, summary, 0, 0, len(runs))
 
 
 def _write_table(
