@@ -104,6 +104,11 @@ def input_kind(run: dict[str, Any]) -> tuple[str, bool]:
     return run["task"], needs_neighbors(run["variant"])
 
 
+def _cot_versions(runs: list[dict[str, Any]]) -> list[str]:
+    """The CoT versions the runs read (only runs with examples read CoTs), sorted."""
+    return sorted({r["cot_version"] for r in runs if needs_neighbors(r["variant"]) and r.get("cot_version")})
+
+
 def _fingerprints(runs: list[dict[str, Any]]) -> str:
     """The data fingerprint(s) of the table's runs, per kind of input when they differ (runs pair
     only within one fingerprint: item vectors differ in their last bits across CPU types)."""
@@ -259,7 +264,7 @@ def _write_table(
     if render:
         cot_quality = list(earlier_table.get("cot_quality") or [])
     elif any(needs_neighbors(r["variant"]) for r in runs):  # only runs with examples read CoTs
-        versions = sorted({r["cot_version"] for r in runs if r.get("cot_version")})
+        versions = _cot_versions(runs)
         if home_pool or not earlier_table.get("cot_quality"):
             cot_quality = _cot_quality_lines(settings, dataset, versions[0] if len(versions) == 1 else None)
         else:  # this home's CoTs are not the ones the runs read: keep the report of the runs' pool
@@ -367,8 +372,8 @@ def _baselines(
 
     earlier = earlier or {}
     icl = [r for r in runs if needs_neighbors(r["variant"])]
-    versions = {r.get("cot_version") for r in icl} - {None}
-    version = cot_version or (versions.pop() if len(versions) == 1 else None)
+    versions = _cot_versions(runs)
+    version = cot_version or (versions[0] if len(versions) == 1 else None)
     icl_tasks = {r["task"] for r in icl}
     counted, retrieved, home_pool = {}, {}, False
     for task in sorted({r["task"] for r in runs}):
@@ -653,7 +658,7 @@ def _markdown(
     first = next((r for r in runs if "pool_rows" in r["data"]), runs[0])  # an llmcf run knows the pool
     data = first["data"]
     with_icl = any(needs_neighbors(r["variant"]) for r in runs)
-    versions = sorted({r["cot_version"] for r in runs if r.get("cot_version")})
+    versions = _cot_versions(runs)
     cot = (
         ", ".join(versions) or _current_cot(settings, dataset) if with_icl else "none (no run reads examples)"
     )
