@@ -28,14 +28,31 @@ from pathlib import Path
 
 from jobs._cli import add_config_options, load_settings, run_job
 
+# the options of a call that trains runs; --render takes none of them
+_RUN_OPTIONS = (
+    "models",
+    "variants",
+    "seeds",
+    "first_seed",
+    "fresh",
+    "force",
+    "until",
+    "partition",
+    "embedder",
+    "cot_version",
+    "workers",
+    "max_epochs",
+    "arm",
+)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.experiment", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--models", default="DIN,DeepFM,SASRec", help="comma-separated backbones")
-    parser.add_argument("--variants", default="base,llmcf", help="comma-separated; base is the reference")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds first..first+N-1")
-    parser.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("--models", help="comma-separated backbones (default DIN,DeepFM,SASRec)")
+    parser.add_argument("--variants", help="comma-separated; base is the reference (default base,llmcf)")
+    parser.add_argument("--seeds", type=int, help="seeds first..first+N-1 (default 3)")
+    parser.add_argument("--first-seed", type=int, help="first seed (default 0)")
     parser.add_argument("--fresh", action="store_true", help="drop the runs of earlier calls from the table")
     parser.add_argument(
         "--force", action="store_true", help="retrain runs whose version exists instead of reusing them"
@@ -74,12 +91,23 @@ def main(argv: list[str] | None = None) -> int:
         command = ["python", "-m", "jobs.experiment", *(argv if argv is not None else sys.argv[1:])]
         out_dir = Path(args.out) if args.out else REPO_ROOT / "docs" / "results"
         if args.render:
+            ignored = [
+                "--" + name.replace("_", "-")
+                for name in _RUN_OPTIONS
+                if getattr(args, name) not in (None, False)
+            ]
+            if ignored:
+                raise InvalidArgument(
+                    f"--render rewrites the whole table from its json and trains nothing: drop {', '.join(ignored)}"
+                )
             settings = load_settings(args.profile, args.set)
             dataset = check_dataset_name(args.dataset)
             return render_table(settings, dataset, out_dir=out_dir, command=command).to_dict()
 
-        models = [m for m in args.models.split(",") if m]
-        variants = [v for v in args.variants.split(",") if v]
+        models = [m for m in (args.models or "DIN,DeepFM,SASRec").split(",") if m]
+        variants = [v for v in (args.variants or "base,llmcf").split(",") if v]
+        seeds = 3 if args.seeds is None else args.seeds
+        first_seed = args.first_seed or 0
         for m in models:
             try:
                 model_class(m)
@@ -90,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             raise InvalidArgument(f"unknown variants {unknown}: use {', '.join(VARIANTS)}")
         if args.arm is not None and not re.fullmatch(r"[A-Za-z0-9_.=+-]{1,40}", args.arm):
             raise InvalidArgument(f"--arm {args.arm!r}: use 1-40 letters, digits or _ . = + -")
-        if args.seeds < 1 or args.first_seed < 0:
+        if seeds < 1 or first_seed < 0:
             raise InvalidArgument("--seeds must be >= 1 and --first-seed >= 0")
         day = args.until or args.partition
         settings = load_settings(args.profile, args.set)
@@ -99,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             check_dataset_name(args.dataset),
             models,
             variants,
-            range(args.first_seed, args.first_seed + args.seeds),
+            range(first_seed, first_seed + seeds),
             out_dir=out_dir,
             until=parse_partition(day) if day else None,
             embedder=args.embedder,

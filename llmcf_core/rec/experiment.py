@@ -200,8 +200,9 @@ def run_experiment(
     with fsio.locked_dir(out_dir):
         earlier_table = {} if fresh else _earlier_table(runs_path)
         runs, dropped = merge_runs(earlier_table.get("runs", []), runs)
+        shown = _computed_inputs(settings, dataset, runs, until, embedder, cot_version, earlier_table)
         md_path, png_path, summary = _write_table(
-            settings, dataset, out_dir, runs, earlier_table, dropped, until, embedder, cot_version, command
+            settings, dataset, out_dir, runs, earlier_table, dropped, shown, command
         )
     return _report((md_path, png_path, runs_path), runs, summary, dropped, trained, reused)
 
@@ -230,10 +231,49 @@ def render_table(
         runs = earlier_table.get("runs", [])
         if not runs:
             raise InvalidArgument(f"render: no table with runs at {runs_path}")
+        shown = TableInputs(
+            earlier_table.get("baselines", {}),
+            earlier_table.get("retrieval_baselines", {}),
+            list(earlier_table.get("cot_quality") or []),
+        )
         md_path, png_path, summary = _write_table(
-            settings, dataset, out_dir, runs, earlier_table, 0, None, None, None, command, render=True
+            settings, dataset, out_dir, runs, earlier_table, 0, shown, command
         )
     return _report((md_path, png_path, runs_path), runs, summary, 0, 0, len(runs))
+
+
+@dataclass(frozen=True)
+class TableInputs:
+    """What a table shows beside its runs: the counting baselines and the retrieved examples'
+    baselines ({task: {split: {baseline: metrics}}}) and the CoT-quality report's lines."""
+
+    baselines: dict[str, dict[str, Any]]
+    retrieval_baselines: dict[str, dict[str, Any]]
+    cot_quality: list[str]
+
+
+def _computed_inputs(
+    settings: Any,
+    dataset: str,
+    runs: list[dict[str, Any]],
+    until: dt.date | None,
+    embedder: str | None,
+    cot_version: str | None,
+    earlier_table: dict[str, Any],
+) -> TableInputs:
+    """The baselines and CoT report computed from this home's data (a task whose data here is not
+    its runs' keeps the earlier table's, see ``_baselines``)."""
+    counted, retrieval, home_pool = _baselines(
+        settings, dataset, runs, until, embedder, cot_version, earlier_table
+    )
+    cot_quality: list[str] = []
+    if any(needs_neighbors(r["variant"]) for r in runs):  # only runs with examples read CoTs
+        versions = _cot_versions(runs)
+        if home_pool or not earlier_table.get("cot_quality"):
+            cot_quality = _cot_quality_lines(settings, dataset, versions[0] if len(versions) == 1 else None)
+        else:  # this home's CoTs are not the ones the runs read: keep the report of the runs' pool
+            cot_quality = list(earlier_table["cot_quality"])
+    return TableInputs(counted, retrieval, cot_quality)
 
 
 def _write_table(
@@ -243,32 +283,13 @@ def _write_table(
     runs: list[dict[str, Any]],
     earlier_table: dict[str, Any],
     dropped: int,
-    until: dt.date | None,
-    embedder: str | None,
-    cot_version: str | None,
+    shown: TableInputs,
     command: list[str] | None,
-    render: bool = False,
 ) -> tuple[Path, Path, dict[tuple[str, str], dict[str, Any]]]:
-    """The table's json, PNG and Markdown from the merged runs (under the folder's lock); ``render``:
-    the earlier table's baselines and CoT report as they are, no data read."""
+    """The table's json, PNG and Markdown from the merged runs and what the caller computed (or
+    kept) to show beside them (under the folder's lock); reads no data."""
     runs_path = out_dir / f"{dataset}.json"
-    if render:
-        counted = earlier_table.get("baselines", {})
-        retrieval = earlier_table.get("retrieval_baselines", {})
-        home_pool = False
-    else:
-        counted, retrieval, home_pool = _baselines(
-            settings, dataset, runs, until, embedder, cot_version, earlier_table
-        )
-    cot_quality: list[str] = []
-    if render:
-        cot_quality = list(earlier_table.get("cot_quality") or [])
-    elif any(needs_neighbors(r["variant"]) for r in runs):  # only runs with examples read CoTs
-        versions = _cot_versions(runs)
-        if home_pool or not earlier_table.get("cot_quality"):
-            cot_quality = _cot_quality_lines(settings, dataset, versions[0] if len(versions) == 1 else None)
-        else:  # this home's CoTs are not the ones the runs read: keep the report of the runs' pool
-            cot_quality = list(earlier_table["cot_quality"])
+    counted, retrieval, cot_quality = shown.baselines, shown.retrieval_baselines, shown.cot_quality
     summary = _summarise(runs)
     comparisons = _comparisons(runs, summary, settings.home, out_dir, earlier_table)
     fsio.write_text_atomic(

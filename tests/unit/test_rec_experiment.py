@@ -293,3 +293,15 @@ def test_render_rewrites_a_table_from_its_json_and_archive_alone(llmcf_home, tmp
     assert "| over seeds |" in md and "0.4321" in md and "CoT quality (sentinel)" in md
     assert "--render" in md.splitlines()[2]
     assert experiment.main(["--dataset", "synth", "--render", "--out", str(tmp_path / "none")]) == 2
+    capsys.readouterr()
+    # options of a training call are refused, not silently ignored: the table stays as it is
+    before = (out / "synth.json").read_text()
+    assert (
+        experiment.main(
+            ["--dataset", "synth", "--render", "--out", str(out), "--models", "DIN", "--seeds", "3"]
+        )
+        == 2
+    )
+    err = capsys.readouterr()
+    assert "--render" in err.err + err.out and "--models, --seeds" in err.err + err.out
+    assert (out / "synth.json").read_text() == before
