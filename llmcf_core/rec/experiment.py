@@ -39,7 +39,7 @@ import json
 import logging
 import math
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,14 +109,20 @@ def _cot_versions(runs: list[dict[str, Any]]) -> list[str]:
     return sorted({r["cot_version"] for r in runs if needs_neighbors(r["variant"]) and r.get("cot_version")})
 
 
+KIND_NAMES = {
+    ("ranking", False): "ranking",
+    ("ranking", True): "ranking with examples",
+    ("sequential", False): "next item",
+    ("sequential", True): "next item with examples",
+}
+
+
 def _fingerprints(runs: list[dict[str, Any]]) -> str:
     """The data fingerprint(s) of the table's runs, per kind of input when they differ (runs pair
     only within one fingerprint: item vectors differ in their last bits across CPU types)."""
-    names = {("ranking", False): "ranking", ("ranking", True): "ranking with examples"}
-    names |= {("sequential", False): "next item", ("sequential", True): "next item with examples"}
     kinds: dict[str, set[str]] = {}
     for r in runs:
-        kind = names.get(input_kind(r), r["task"])
+        kind = KIND_NAMES.get(input_kind(r), r["task"])
         kinds.setdefault(kind, set()).add(r["fingerprint"][:12])
     if len({p for prints in kinds.values() for p in prints}) == 1:
         return f"data fingerprint `{next(iter(kinds.values())).pop()}`"
@@ -235,6 +241,7 @@ def render_table(
             earlier_table.get("baselines", {}),
             earlier_table.get("retrieval_baselines", {}),
             list(earlier_table.get("cot_quality") or []),
+            dict(earlier_table.get("cot_quality_pools") or {}),
         )
         md_path, png_path, summary = _write_table(
             settings, dataset, out_dir, runs, earlier_table, 0, shown, command
@@ -245,11 +252,55 @@ def render_table(
 @dataclass(frozen=True)
 class TableInputs:
     """What a table shows beside its runs: the counting baselines and the retrieved examples'
-    baselines ({task: {split: {baseline: metrics}}}) and the CoT-quality report's lines."""
+    baselines ({task: {split: {baseline: metrics}}}), the CoT-quality report's lines, and the
+    report of each pool the runs read ({data fingerprint with examples: lines}) it is made from."""
 
     baselines: dict[str, dict[str, Any]]
     retrieval_baselines: dict[str, dict[str, Any]]
     cot_quality: list[str]
+    cot_quality_pools: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _pools(runs: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """{data fingerprint: the kinds of input that read it} of the runs with examples: one entry per
+    in-context pool the table's runs read (a pool rebuilt on another CPU type is another pool)."""
+    pools: dict[str, list[str]] = {}
+    for r in sorted(runs, key=lambda r: r["task"]):
+        if needs_neighbors(r["variant"]):
+            kind = KIND_NAMES.get(input_kind(r), r["task"])
+            kinds = pools.setdefault(r["fingerprint"], [])
+            if kind not in kinds:
+                kinds.append(kind)
+    return pools
+
+
+def _embedder(runs: list[dict[str, Any]]) -> str | None:
+    """The embedder of the runs with examples (their CoT vectors' and the report's)."""
+    return next((r.get("embedder") for r in runs if needs_neighbors(r["variant"])), None)
+
+
+def _earlier_cot_pools(earlier_table: dict[str, Any]) -> dict[str, list[str]]:
+    """The earlier table's report per pool; a table written before reports were kept per pool has
+    one report, of the pool its runs with examples read."""
+    kept = {fp: lines for fp, lines in (earlier_table.get("cot_quality_pools") or {}).items() if lines}
+    if kept:
+        return kept
+    lines = list(earlier_table.get("cot_quality") or [])
+    return {fp: lines for fp in _pools(earlier_table.get("runs", []))} if lines else {}
+
+
+def _compose_cot_quality(runs: list[dict[str, Any]], reports: dict[str, list[str]]) -> list[str]:
+    """The table's CoT section: the one pool's report, or each pool's with its kinds and fingerprint
+    in the heading when runs of one table read different pools."""
+    pools = _pools(runs)
+    present = [fp for fp in pools if reports.get(fp)]
+    if len(present) == 1:
+        return list(reports[present[0]])
+    lines: list[str] = []
+    for fp in present:
+        head, *rest = reports[fp]
+        lines += [f"{head}: the pool of {' and '.join(pools[fp])} (data fingerprint `{fp[:12]}`)", *rest]
+    return lines
 
 
 def _computed_inputs(
@@ -261,19 +312,24 @@ def _computed_inputs(
     cot_version: str | None,
     earlier_table: dict[str, Any],
 ) -> TableInputs:
-    """The baselines and CoT report computed from this home's data (a task whose data here is not
-    its runs' keeps the earlier table's, see ``_baselines``)."""
-    counted, retrieval, home_pool = _baselines(
+    """The baselines and CoT reports computed from this home's data; a task or pool whose data here
+    is not its runs' keeps the earlier table's (see ``_baselines``)."""
+    counted, retrieval, home_pools = _baselines(
         settings, dataset, runs, until, embedder, cot_version, earlier_table
     )
-    cot_quality: list[str] = []
-    if any(needs_neighbors(r["variant"]) for r in runs):  # only runs with examples read CoTs
-        versions = _cot_versions(runs)
-        if home_pool or not earlier_table.get("cot_quality"):
-            cot_quality = _cot_quality_lines(settings, dataset, versions[0] if len(versions) == 1 else None)
-        else:  # this home's CoTs are not the ones the runs read: keep the report of the runs' pool
-            cot_quality = list(earlier_table["cot_quality"])
-    return TableInputs(counted, retrieval, cot_quality)
+    reports: dict[str, list[str]] = {}
+    earlier = _earlier_cot_pools(earlier_table)
+    here: list[str] | None = None
+    for fp in _pools(runs):  # only runs with examples read CoTs
+        if fp in home_pools or not earlier:
+            if here is None:
+                versions = _cot_versions(runs)
+                version = versions[0] if len(versions) == 1 else None
+                here = _cot_quality_lines(settings, dataset, version, embedder or _embedder(runs))
+            reports[fp] = here
+        elif fp in earlier:  # this home's CoTs are not the ones these runs read: keep their pool's report
+            reports[fp] = earlier[fp]
+    return TableInputs(counted, retrieval, _compose_cot_quality(runs, reports), reports)
 
 
 def _write_table(
@@ -302,6 +358,7 @@ def _write_table(
                 "comparisons": comparisons,
                 "cells": _cell_subsets(summary),
                 "cot_quality": cot_quality,
+                "cot_quality_pools": shown.cot_quality_pools,
             },
             indent=2,
             sort_keys=True,
@@ -379,9 +436,9 @@ def _baselines(
     embedder: str | None,
     cot_version: str | None,
     earlier: dict[str, Any] | None = None,
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], bool]:
-    """({task: {split: {baseline: metrics}}}, the same for the retrieved examples, whether this
-    home's pool is the one the runs read), on the tables the models of each task train on. A task
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], set[str]]:
+    """({task: {split: {baseline: metrics}}}, the same for the retrieved examples, the fingerprints
+    of this home's data with examples that runs read), on the tables the models of each task train on. A task
     with runs that read examples is loaded once, with the examples of the runs' CoT version, and
     gets both (``baselines.retrieval_baselines``).
 
@@ -396,7 +453,7 @@ def _baselines(
     versions = _cot_versions(runs)
     version = cot_version or (versions[0] if len(versions) == 1 else None)
     icl_tasks = {r["task"] for r in icl}
-    counted, retrieved, home_pool = {}, {}, False
+    counted, retrieved, home_pools = {}, {}, set()
     for task in sorted({r["task"] for r in runs}):
         icl_tables = None
         if task in icl_tasks:
@@ -429,8 +486,9 @@ def _baselines(
         counted[task] = baselines.baselines_for(tables, task)
         if with_examples:
             retrieved[task] = baselines.retrieval_baselines(tables, task)
-            home_pool = home_pool or ours
-    return counted, retrieved, home_pool
+            if ours:
+                home_pools.add(tables.fingerprint)
+    return counted, retrieved, home_pools
 
 
 def _summarise(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -866,13 +924,15 @@ def _comparison_lines(
     return lines
 
 
-def _cot_quality_lines(settings: Any, dataset: str, version: str | None) -> list[str]:
-    """The CoT-quality report of the runs' CoT version (None: the promoted one), when one was
-    written (jobs.cot_report)."""
+def _cot_quality_lines(
+    settings: Any, dataset: str, version: str | None, embedder: str | None = None
+) -> list[str]:
+    """The CoT-quality report of the runs' CoT version (None: the promoted one) and embedder (None:
+    the configured one), when its CoTs are published here."""
     try:
         from llmcf_core.cot import report
 
-        text = report.render_markdown(report.cot_quality(settings, dataset, version))
+        text = report.render_markdown(report.cot_quality(settings, dataset, version, embedder))
     except Exception as exc:  # noqa: BLE001 - a results table must not fail for want of a CoT report
         log.info("no CoT quality report for %s: %s", dataset, exc)
         return []

@@ -305,3 +305,49 @@ def test_render_rewrites_a_table_from_its_json_and_archive_alone(llmcf_home, tmp
     err = capsys.readouterr()
     assert "--render" in err.err + err.out and "--models, --seeds" in err.err + err.out
     assert (out / "synth.json").read_text() == before
+
+
+def test_runs_of_two_pools_show_each_pools_cot_report(llmcf_home, tmp_path, capsys, monkeypatch):
+    """Next-item runs with examples added here to a table whose ranking runs read another machine's
+    pool: the table keeps that pool's CoT report and adds this home's, each headed by the kinds of
+    input that read it and its fingerprint; rendering again keeps both."""
+    from llmcf_core.rec import experiment as rec_experiment
+
+    asked = []
+
+    def this_homes_report(settings, dataset, version, embedder=None):  # the synthetic home has no CoT texts
+        asked.append((version, embedder))
+        return ["## CoT quality (v)", "", "this home's pool", ""]
+
+    monkeypatch.setattr(rec_experiment, "_cot_quality_lines", this_homes_report)
+    write_synthetic_dataset(llmcf_home, "synth", n_users=10, n_items=12, days=(2, 1, 1))
+    out = tmp_path / "results"
+    argv = ["--dataset", "synth", "--seeds", "1", "--workers", "0", "--max-epochs", "1"]
+    argv += ["--embedder", "synth-enc", "--out", str(out)]
+    assert experiment.main([*argv, "--models", "DIN", "--variants", "llmcf"]) == 0
+    path = out / "synth.json"
+    table = json.loads(path.read_text())
+    assert table["cot_quality"] and list(table["cot_quality_pools"]) == [table["runs"][0]["fingerprint"]]
+    for r in table["runs"]:  # as if made on another machine's pool, by a table without per-pool reports
+        r["fingerprint"] = "f" * 64
+    table["cot_quality"] = ["## CoT quality (v)", "", "the other machine's pool", ""]
+    del table["cot_quality_pools"]
+    path.write_text(json.dumps(table))
+
+    assert experiment.main([*argv, "--models", "SASRec", "--variants", "llmcf"]) == 0
+    after = json.loads(path.read_text())
+    here = next(r["fingerprint"] for r in after["runs"] if r["model"] == "SASRec")
+    assert after["cot_quality_pools"]["f" * 64] == table["cot_quality"]
+    assert after["cot_quality_pools"][here] == ["## CoT quality (v)", "", "this home's pool", ""]
+    assert asked[-1][1] == "synth-enc"  # the runs' embedder, not the configured one
+    md = (out / "synth.md").read_text()
+    kept = "## CoT quality (v): the pool of ranking with examples (data fingerprint `ffffffffffff`)"
+    assert kept in md and "the other machine's pool" in md
+    assert f"the pool of next item with examples (data fingerprint `{here[:12]}`)" in md
+    assert md.index(kept) < md.index(f"`{here[:12]}`)")
+
+    capsys.readouterr()
+    assert experiment.main(["--dataset", "synth", "--render", "--out", str(out)]) == 0
+    assert (out / "synth.md").read_text().split("\n", 4)[4] == md.split("\n", 4)[
+        4
+    ]  # all but the command line
