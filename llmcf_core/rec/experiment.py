@@ -343,7 +343,8 @@ def _write_table(
     command: list[str] | None,
 ) -> tuple[Path, Path, dict[tuple[str, str], dict[str, Any]]]:
     """The table's json, PNG and Markdown from the merged runs and what the caller computed (or
-    kept) to show beside them (under the folder's lock); reads no data."""
+    kept) to show beside them (under the folder's lock); reads the runs' test predictions (run folders
+    or the table's archive), no dataset tables."""
     runs_path = out_dir / f"{dataset}.json"
     counted, retrieval, cot_quality = shown.baselines, shown.retrieval_baselines, shown.cot_quality
     summary = _summarise(runs)
