@@ -222,14 +222,19 @@ def test_the_table_names_the_data_fingerprint_of_each_kind_of_input():
     )
 
 
+def _one_seed_table(llmcf_home, tmp_path):
+    """A synthetic dataset and the arguments of a one-seed, one-epoch call writing to <tmp>/results."""
+    write_synthetic_dataset(llmcf_home, "synth", n_users=10, n_items=12, days=(2, 1, 1))
+    out = tmp_path / "results"
+    argv = ["--dataset", "synth", "--seeds", "1", "--workers", "0", "--max-epochs", "1"]
+    return out, [*argv, "--embedder", "synth-enc", "--out", str(out)]
+
+
 def test_baselines_and_cot_report_of_runs_on_other_data_are_kept_not_recomputed(llmcf_home, tmp_path, capsys):
     """Runs made on another machine (another data fingerprint: item vectors differ in the last bits
     across CPU types) keep their table's counting and retrieval baselines and CoT report when a call
     here adds runs of another task; the task whose data is this home's gets its own."""
-    write_synthetic_dataset(llmcf_home, "synth", n_users=10, n_items=12, days=(2, 1, 1))
-    out = tmp_path / "results"
-    argv = ["--dataset", "synth", "--seeds", "1", "--workers", "0", "--max-epochs", "1"]
-    argv += ["--embedder", "synth-enc", "--out", str(out)]
+    out, argv = _one_seed_table(llmcf_home, tmp_path)
     assert experiment.main([*argv, "--models", "DIN", "--variants", "base,llmcf"]) == 0
     path = out / "synth.json"
     table = json.loads(path.read_text())
@@ -320,10 +325,7 @@ def test_runs_of_two_pools_show_each_pools_cot_report(llmcf_home, tmp_path, caps
         return ["## CoT quality (v)", "", "this home's pool", ""]
 
     monkeypatch.setattr(rec_experiment, "_cot_quality_lines", this_homes_report)
-    write_synthetic_dataset(llmcf_home, "synth", n_users=10, n_items=12, days=(2, 1, 1))
-    out = tmp_path / "results"
-    argv = ["--dataset", "synth", "--seeds", "1", "--workers", "0", "--max-epochs", "1"]
-    argv += ["--embedder", "synth-enc", "--out", str(out)]
+    out, argv = _one_seed_table(llmcf_home, tmp_path)
     assert experiment.main([*argv, "--models", "DIN", "--variants", "llmcf"]) == 0
     path = out / "synth.json"
     table = json.loads(path.read_text())
