@@ -289,10 +289,10 @@ def _earlier_cot_pools(earlier_table: dict[str, Any]) -> dict[str, list[str]]:
     return {fp: lines for fp in _pools(earlier_table.get("runs", []))} if lines else {}
 
 
-def _compose_cot_quality(runs: list[dict[str, Any]], reports: dict[str, list[str]]) -> list[str]:
-    """The table's CoT section: the one pool's report, or each pool's with its kinds and fingerprint
-    in the heading when runs of one table read different pools."""
-    pools = _pools(runs)
+def _compose_cot_quality(pools: dict[str, list[str]], reports: dict[str, list[str]]) -> list[str]:
+    """The table's CoT section from the runs' ``_pools`` and each pool's report: the one pool's
+    report, or each pool's with its kinds and fingerprint in the heading when runs of one table read
+    different pools."""
     present = [fp for fp in pools if reports.get(fp)]
     if len(present) == 1:
         return list(reports[present[0]])
@@ -320,7 +320,8 @@ def _computed_inputs(
     reports: dict[str, list[str]] = {}
     earlier = _earlier_cot_pools(earlier_table)
     here: list[str] | None = None
-    for fp in _pools(runs):  # only runs with examples read CoTs
+    pools = _pools(runs)
+    for fp in pools:  # only runs with examples read CoTs
         if fp in home_pools or not earlier:
             if here is None:
                 versions = _cot_versions(runs)
@@ -329,7 +330,7 @@ def _computed_inputs(
             reports[fp] = here
         elif fp in earlier:  # this home's CoTs are not the ones these runs read: keep their pool's report
             reports[fp] = earlier[fp]
-    return TableInputs(counted, retrieval, _compose_cot_quality(runs, reports), reports)
+    return TableInputs(counted, retrieval, _compose_cot_quality(pools, reports), reports)
 
 
 def _write_table(
