@@ -129,6 +129,32 @@ def test_rope_scores_depend_on_relative_position_only():
     assert math.isclose(score(0, 0), float(q @ k), rel_tol=1e-5, abs_tol=1e-6)  # position 0: no rotation
 
 
+def test_rope_as_a_complex_product_is_the_real_rotation_bit_for_bit():
+    """``apply_rope`` multiplies complex pairs; it must give exactly the real-arithmetic rotation
+    (a cos - b sin, a sin + b cos), forward and gradient, on the strided q/k views the attention
+    passes, so that models trained before the change and after it are the same to the last bit."""
+
+    def real_rotation(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x_even, x_odd = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1).flatten(-2)
+
+    torch.manual_seed(0)
+    B, T, H, hd = 16, 13, 2, 16
+    cos, sin = rope_tables(hd, 32, 10_000.0)
+    cos, sin = cos[:T], sin[:T]
+    qkv = torch.randn(B, T, 3 * H * hd)
+    weights = torch.randn(B, H, T, hd)
+    results = []
+    for rotate in (real_rotation, apply_rope):
+        x = qkv.clone().requires_grad_(True)
+        k = x.split(H * hd, dim=2)[1].view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd), strided
+        y = rotate(k, cos, sin)
+        (y * weights).sum().backward()
+        results.append((y.detach(), x.grad))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
 def test_reconstruction_loss_hand_built():
     pred = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # (1, 2, 2)
     target = torch.tensor([[[3.0, 0.0], [-1.0, 0.0]]])  # cos = 1 and 0
