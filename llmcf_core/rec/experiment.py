@@ -446,7 +446,8 @@ def _baselines(
 
     The tables must be the runs' data: where this home's data of a task has another fingerprint
     than the task's runs (runs made on another machine, whose item vectors differ in the last bits,
-    or on a rebuilt pool), the ``earlier`` table's baselines of that task are kept."""
+    or on a rebuilt pool), the ``earlier`` table's baselines of that task are kept; where this home
+    has no pool for a task's runs with examples, the ``earlier`` table's retrieval baselines are."""
     from llmcf_core.rec import baselines
     from llmcf_core.rec.dataset import load_tables
 
@@ -490,6 +491,10 @@ def _baselines(
             retrieved[task] = baselines.retrieval_baselines(tables, task)
             if ours:
                 home_pools.add(tables.fingerprint)
+        elif task in icl_tasks and task in earlier.get("retrieval_baselines", {}):
+            # no pool in this home (e.g. a call adding runs without examples on another machine): the
+            # runs with examples come from the earlier table, and so do what their examples know
+            retrieved[task] = earlier["retrieval_baselines"][task]
     return counted, retrieved, home_pools
 
 

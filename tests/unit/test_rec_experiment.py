@@ -262,6 +262,32 @@ def test_baselines_and_cot_report_of_runs_on_other_data_are_kept_not_recomputed(
     assert again["cot_quality"] != table["cot_quality"]
 
 
+def test_a_home_without_a_pool_keeps_the_tables_retrieval_baselines(llmcf_home, tmp_path, capsys):
+    """A call that adds runs without examples (``llmcf_k0``) on a machine that has the data but no
+    in-context pool keeps the earlier table's runs with examples and what their examples know
+    (retrieval baselines) instead of dropping them; its counting baselines are this home's."""
+    out, argv = _one_seed_table(llmcf_home, tmp_path)
+    assert experiment.main([*argv, "--models", "SASRec", "--variants", "base,llmcf"]) == 0
+    path = out / "synth.json"
+    table = json.loads(path.read_text())
+    example_targets = table["retrieval_baselines"]["sequential"]["test"]["example_targets"]
+    metric = next(iter(example_targets))
+    example_targets[metric] = 0.4343  # a value only the earlier table has
+    path.write_text(json.dumps(table))
+    pools = list(llmcf_home.glob("synth/embeddings/*/pool"))
+    assert pools
+    for pool in pools:  # this home has no pool now
+        shutil.rmtree(pool)
+
+    assert experiment.main([*argv, "--models", "SASRec", "--variants", "llmcf_k0"]) == 0
+    capsys.readouterr()
+    after = json.loads(path.read_text())
+    assert {r["variant"] for r in after["runs"]} == {"base", "llmcf", "llmcf_k0"}
+    assert after["retrieval_baselines"]["sequential"]["test"]["example_targets"][metric] == 0.4343
+    assert after["baselines"]["sequential"] == table["baselines"]["sequential"]  # the same data here
+    assert "| retrieved examples, counted | example_targets |" in (out / "synth.md").read_text()
+
+
 def test_render_rewrites_a_table_from_its_json_and_archive_alone(llmcf_home, tmp_path, capsys):
     """`--render` on a machine without the runs' data or models: the same rows, from the archived
     predictions; the baselines and CoT report as the json has them; nothing trained."""
